@@ -1,0 +1,73 @@
+"""Reading NIfTI volumes into RAS+ voxel order, with errors that name the file and the problem."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+class CaseError(ValueError):
+    """A problem with one case's files; the build reports it and goes on with the others."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    """A volume reoriented to RAS+ (axis 0 left->right, 1 posterior->anterior, 2 inferior->superior).
+
+    data: (X, Y, Z) float32; affine: (4, 4) voxel -> world (mm, RAS); spacing: (3,) mm;
+    source_axcodes: orientation codes of the file as stored (to write predictions back).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    source_axcodes: tuple[str, str, str]
+    path: Path
+
+
+def load_nifti_ras(path: Path, *, dtype=np.float32) -> Volume:
+    """Loads a 3D NIfTI file and reorients it to the closest canonical (RAS+) voxel order."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        source_axcodes = nib.aff2axcodes(img.affine)
+        canonical = nib.as_closest_canonical(img)
+        data = np.asarray(canonical.dataobj, dtype=dtype)
+    except CaseError:
+        raise
+    except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error...)
+        raise CaseError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from e
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise CaseError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise CaseError(f"{path}: {n_bad} voxels are NaN or infinite")
+    zooms = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    return Volume(data, canonical.affine.astype(np.float64), zooms, tuple(source_axcodes), path)
+
+
+def binarize_mask(mask: Volume, image: Volume) -> np.ndarray:
+    """Checks a mask against its image and returns it as uint8 {0, 1}.
+
+    Accepted values: {0, 1} and {0, 255} (a common export of 8-bit tools). Any other value is
+    rejected rather than guessed (a label map with several classes needs an explicit mapping).
+    """
+    if mask.data.shape != image.data.shape:
+        raise CaseError(f"{mask.path}: mask shape {mask.data.shape} != image shape {image.data.shape}")
+    if not np.allclose(mask.affine, image.affine, atol=1e-3):
+        raise CaseError(
+            f"{mask.path}: mask affine differs from image affine {image.path}"
+            f" (max difference {np.abs(mask.affine - image.affine).max():.4g})"
+        )
+    values = np.unique(mask.data)
+    if set(values.tolist()) <= {0.0, 1.0}:
+        return mask.data.astype(np.uint8)
+    if set(values.tolist()) <= {0.0, 255.0}:
+        return (mask.data > 0).astype(np.uint8)
+    shown = ", ".join(f"{v:g}" for v in values[:8])
+    raise CaseError(f"{mask.path}: mask values {{{shown}}} are not binary ({{0,1}} or {{0,255}})")
