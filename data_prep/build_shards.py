@@ -307,7 +307,7 @@ def build_shards(
 
 
 def parse_window_arg(text: str) -> list:
-    """"ich" | "brain,subdural,wide" | "-50:150,0:80" -> list of names or (lo, hi) pairs."""
+    """ "ich" | "brain,subdural,wide" | "-50:150,0:80" -> list of names or (lo, hi) pairs."""
     out: list = []
     for part in text.split(","):
         part = part.strip()
@@ -320,36 +320,55 @@ def parse_window_arg(text: str) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.build_shards", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.build_shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dataset", default="pairs", choices=sorted(LAYOUTS))
     parser.add_argument("--src", required=True, type=Path, help="dataset folder as downloaded")
     parser.add_argument("--out", required=True, type=Path, help="output folder for shards")
-    parser.add_argument("--windows", default="ich", type=parse_window_arg,
-                        help="window names or lo:hi pairs, comma separated (default: ich)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="resample slices in-plane to SIZE x SIZE (default: keep)")
+    parser.add_argument(
+        "--windows",
+        default="ich",
+        type=parse_window_arg,
+        help="window names or lo:hi pairs, comma separated (default: ich)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resample slices in-plane to SIZE x SIZE (default: keep)",
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--allow-skips", action="store_true",
-                        help="exit 0 even when some cases were skipped")
+    parser.add_argument(
+        "--allow-skips", action="store_true", help="exit 0 even when some cases were skipped"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         cases = LAYOUTS[args.dataset](args.src)
         manifest, skipped = build_shards(
-            cases, args.out, windows=args.windows,
-            size=(args.size, args.size) if args.size else None, n_folds=args.folds,
-            seed=args.seed, workers=args.workers, progress=not args.no_progress,
+            cases,
+            args.out,
+            windows=args.windows,
+            size=(args.size, args.size) if args.size else None,
+            n_folds=args.folds,
+            seed=args.seed,
+            workers=args.workers,
+            progress=not args.no_progress,
             dataset=args.dataset,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     c = manifest["counts"]
-    print(f"{args.out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with lesions), "
-          f"{c['slices']} slices ({c['lesion_slices']} with lesions)")
+    print(
+        f"{args.out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with lesions), "
+        f"{c['slices']} slices ({c['lesion_slices']} with lesions)"
+    )
     if skipped:
         print(f"{len(skipped)} case(s) skipped, listed in {args.out / SKIPPED}", file=sys.stderr)
         return 0 if args.allow_skips else 1

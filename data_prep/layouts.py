@@ -39,10 +39,10 @@ def _find_by_stem(folder: Path, stem: str) -> Path | None:
 def read_pairs_layout(src: Path) -> list[CaseFiles]:
     """The generic layout (also what the phantom generator writes)::
 
-        src/images/<case>.nii.gz    image (HU for CT)
-        src/masks/<case>.nii.gz     binary lesion mask (a case without one is an error)
-        src/subtypes/<case>.nii.gz  optional hemorrhage subtype map (0 background, 1..5)
-        src/icm/<case>.nii.gz       optional intracranial-cavity mask
+    src/images/<case>.nii.gz    image (HU for CT)
+    src/masks/<case>.nii.gz     binary lesion mask (a case without one is an error)
+    src/subtypes/<case>.nii.gz  optional hemorrhage subtype map (0 background, 1..5)
+    src/icm/<case>.nii.gz       optional intracranial-cavity mask
     """
     src = Path(src)
     images_dir = src / "images"

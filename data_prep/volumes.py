@@ -58,7 +58,9 @@ def binarize_mask(mask: Volume, image: Volume) -> np.ndarray:
     rejected rather than guessed (a label map with several classes needs an explicit mapping).
     """
     if mask.data.shape != image.data.shape:
-        raise CaseError(f"{mask.path}: mask shape {mask.data.shape} != image shape {image.data.shape}")
+        raise CaseError(
+            f"{mask.path}: mask shape {mask.data.shape} != image shape {image.data.shape}"
+        )
     if not np.allclose(mask.affine, image.affine, atol=1e-3):
         raise CaseError(
             f"{mask.path}: mask affine differs from image affine {image.path}"

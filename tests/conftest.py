@@ -24,3 +24,29 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (a fresh clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> pathlib.Path:
+    """Ten small synthetic head CTs (64x64x12) in the pairs layout, generated once per session."""
+    from lesionjax.data import phantom
+
+    root = tmp_path_factory.mktemp("phantom")
+    phantom.generate_dataset(
+        root, 10, seed=3, shape=(64, 64, 12), spacing=(3.6, 3.6, 12.0), progress=False
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_phantom, tmp_path_factory) -> pathlib.Path:
+    """The tiny phantom set built into shards (brain + ich windows, 5 folds)."""
+    from data_prep.build_shards import build_shards
+    from data_prep.layouts import read_pairs_layout
+
+    out = tmp_path_factory.mktemp("shards")
+    _, skipped = build_shards(
+        read_pairs_layout(tiny_phantom), out, windows=["brain", "ich"], n_folds=5, progress=False
+    )
+    assert not skipped, skipped
+    return out

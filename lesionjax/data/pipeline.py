@@ -224,6 +224,5 @@ def to_global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, Any]:
     import jax
 
     return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in local.items()
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
     }

@@ -1,0 +1,72 @@
+"""The defaults every 2D segmentation config starts from; files in configs/ override them."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def segmentation_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "segment2d"
+    c.task = "segment2d"
+    c.seed = 0
+    c.progress = True
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "phantom"  # "phantom": generate the synthetic set; "folder": read raw_dir
+    c.data.dataset = "pairs"  # layout reader (data_prep.layouts.LAYOUTS)
+    c.data.raw_dir = ""  # default for "phantom": <workdir>/phantom
+    c.data.shards_dir = ""  # default: <workdir>/shards
+    c.data.missing_hint = ""  # printed when raw_dir is absent
+    c.data.windows = ("ich",)  # names (lesionjax.data.windows.NAMED_WINDOWS) or (lo, hi) pairs
+    c.data.size = 256  # in-plane size of the shards (0: keep the scan's)
+    c.data.n_folds = 5
+    c.data.fold_seed = 0
+    c.data.test_fold = 0
+    c.data.val_fold = 1
+    c.data.policy = "mixed"  # "all" | "lesion" | "mixed"
+    c.data.normal_ratio = 2.0  # mixed: normal slices per lesion slice
+    c.data.normal_weight = 0.2  # mixed: loss weight alpha of normal slices
+    c.data.prep_workers = 2
+    c.data.grain_workers = 0  # host decoding processes (0: threads in this process)
+    c.data.allow_skips = False
+    c.data.phantom = ml_collections.ConfigDict()
+    c.data.phantom.n_cases = 40
+    c.data.phantom.seed = 0
+    c.data.phantom.shape = (512, 512, 32)
+    c.data.phantom.spacing = (0.45, 0.45, 5.0)
+    c.data.phantom.lesion_fraction = 0.67
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "unet2d"  # "unet2d" | "resunet2d"
+    c.model.features = (32, 64, 128, 256, 512)
+    c.model.out_channels = 1
+    c.model.dropout = 0.5  # resunet2d only
+
+    c.loss = "dice"  # "dice" | "bce" | "dice_bce"
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.decay_rate = 0.96  # per epoch
+    c.optim.weight_decay = 1e-6  # L2
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.enabled = True
+    c.augment.translate = 0.10
+    c.augment.rotate_deg = 15.0
+    c.augment.scale = (0.9, 1.1)
+    c.augment.flip_prob = 0.5
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32
+    c.train.epochs = 40
+    c.train.max_steps = -1  # > 0: stop earlier
+    c.train.log_every = 20
+    c.train.checkpoint_every_epochs = 1
+    c.train.log_data_order = False  # write data_order.jsonl (record indices of every batch)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "test"
+    c.eval.threshold = 0.5
+    c.eval.batch_size = 32
+    c.eval.n_overlays = 4
+    return c

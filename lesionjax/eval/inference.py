@@ -1,0 +1,64 @@
+"""Slice-wise inference over whole volumes on the device mesh.
+
+Every process calls these functions with the same volume (multi-process runs evaluate in
+lock-step); the batch axis is sharded over the mesh's ``data`` axis and the probabilities come
+back replicated, so any process can read them and only process 0 writes results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+class VolumePredictor:
+    """Wraps ``predict_fn(state, image (B, H, W, C) f32) -> probs (B, H, W, 1)`` for volumes."""
+
+    def __init__(self, predict_fn: Callable, mesh: Mesh, state_sharding, *, batch_size: int = 32):
+        n_data = mesh.shape["data"]
+        self.batch_size = max(n_data, -(-batch_size // n_data) * n_data)
+        self._batch_sharding = NamedSharding(mesh, P("data"))
+        self._replicated = NamedSharding(mesh, P())
+
+        def predict_uint8(state, image):
+            probs = predict_fn(state, image.astype(jnp.float32) * (1.0 / 255.0))
+            return probs[..., 0]
+
+        self._predict = jax.jit(
+            predict_uint8,
+            in_shardings=(state_sharding, self._batch_sharding),
+            out_shardings=self._replicated,
+        )
+
+    def _global(self, batch: np.ndarray) -> jax.Array:
+        # Every process holds the whole batch; it contributes the rows of its own devices.
+        pi, pc = jax.process_index(), jax.process_count()
+        rows = batch.shape[0] // pc
+        return jax.make_array_from_process_local_data(
+            self._batch_sharding, batch[pi * rows : (pi + 1) * rows], batch.shape
+        )
+
+    def predict_slices(self, state, image: np.ndarray) -> np.ndarray:
+        """image: (N, H, W, C) uint8 -> probabilities (N, H, W) float32."""
+        n = image.shape[0]
+        bs = self.batch_size
+        out = []
+        for start in range(0, n, bs):
+            chunk = image[start : start + bs]
+            pad = bs - chunk.shape[0]
+            if pad:
+                # A fixed batch shape means one compilation for every volume.
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            probs = self._predict(state, self._global(chunk))
+            out.append(np.asarray(probs)[: bs - pad])
+        return np.concatenate(out, axis=0)
+
+    def predict_volume(self, state, image: np.ndarray) -> np.ndarray:
+        """image: (X, Y, Z, C) uint8 volume -> probabilities (X, Y, Z) float32."""
+        slices = np.moveaxis(image, 2, 0)  # (Z, X, Y, C)
+        return np.moveaxis(self.predict_slices(state, slices), 0, 2)

@@ -1,0 +1,399 @@
+"""Evaluation report: training curves, prediction overlays and a markdown summary.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with an explicit Agg canvas, never
+through pyplot: no global backend is selected, nothing is left open in a long training process,
+and matplotlib is imported only when a figure is drawn. Every file is written to a temporary name
+in the target folder and renamed with `os.replace`, so a reader (or a killed job) never sees a
+half-written PNG or report.
+
+Display orientation: slices are (X, Y) arrays in RAS voxel order (axis 0: patient left -> right,
+axis 1: posterior -> anterior) and are shown with `to_display`, i.e. anterior up and the patient's
+right on the right of the screen (neurological convention, not radiological).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from lesionjax.eval.metrics import format_summary_table, overlap_metrics
+
+CURVE_METRICS = ("loss", "dice", "iou", "precision", "recall", "auc", "lr")
+PER_VOLUME_COLUMNS = ("dice", "iou", "precision", "recall", "gt_ml", "pred_ml")
+# Colour-blind-safe (Okabe-Ito) colours for prediction contours; ground truth is always green.
+GT_COLOUR = "#00d455"
+PRED_COLOURS = ("#ff3b30", "#56b4e9", "#f0e442", "#cc79a7", "#e69f00", "#ffffff")
+SPLIT_COLOURS = {"train": "#0072b2", "val": "#d55e00", "test": "#009e73"}
+FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10}
+
+
+def read_metrics_log(path: str | os.PathLike) -> list[dict]:
+    """Reads a JSONL metrics log: one JSON object per line, blank lines skipped.
+
+    A process killed mid-write leaves a truncated last line; it is dropped. A bad line anywhere
+    else means the file is not a metrics log and raises ValueError naming the line.
+    """
+    path = Path(path)
+    # Bytes + "replace": a kill can also cut a multi-byte UTF-8 character in half.
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    records = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if k == len(numbered) - 1:
+                break
+            raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
+        if not isinstance(record, dict):
+            kind = type(record).__name__
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got a {kind}")
+        records.append(record)
+    return records
+
+
+def to_display(slice_xy: np.ndarray) -> np.ndarray:
+    """(X, Y) RAS slice -> (Y, X) image for `imshow`: anterior up, patient right on the right.
+
+    Transposing puts X along the screen's columns (left -> right) and flipping the rows puts the
+    largest Y (anterior) in row 0, which `imshow` draws at the top.
+    """
+    return np.flipud(np.asarray(slice_xy).T)
+
+
+def _new_figure(figsize: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Writes via ``write(file)`` to a temporary sibling, then renames it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: its 0600 mode would make reports unreadable to the rest of a group.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    return _write_atomic(
+        path,
+        lambda f: fig.savefig(
+            f, format=fmt, dpi=dpi, facecolor="white", bbox_inches="tight", pad_inches=0.1
+        ),
+    )
+
+
+def _message_figure(message: str):
+    fig = _new_figure((6.0, 3.0))
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=16, color="0.3")
+    ax.set_axis_off()
+    return fig
+
+
+def _is_number(value) -> bool:
+    # numbers.Real also covers NumPy scalars (np.float32 from an in-memory history).
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _smooth(values: np.ndarray) -> np.ndarray | None:
+    """Debiased exponential moving average over ~5% of the points; None when too short to help."""
+    span = len(values) // 20
+    if span < 2:
+        return None
+    beta = 1.0 - 2.0 / (span + 1)
+    out = np.empty_like(values, dtype=np.float64)
+    acc = 0.0
+    for i, v in enumerate(values):
+        acc = beta * acc + (1.0 - beta) * v
+        out[i] = acc / (1.0 - beta ** (i + 1))  # debias: early points are not pulled to 0
+    return out
+
+
+def plot_training_curves(
+    history: Sequence[Mapping], path: str | os.PathLike, *, metrics: Sequence[str] = CURVE_METRICS
+) -> Path:
+    """Draws one subplot per metric in ``metrics`` found in ``history``, train and val as lines.
+
+    Args:
+      history: records such as ``{"step": 10, "epoch": 0.5, "split": "train", "loss": 0.4}``
+        (a record without "split" counts as train). x is "epoch" when every record has one,
+        else "step", else the record's position.
+      path: the PNG to write (atomically); parent folders are created.
+      metrics: which keys to plot, in this order.
+
+    Returns:
+      ``Path(path)``. An empty history writes a figure saying "no data".
+    """
+    history = list(history)
+    present = [m for m in metrics if any(_is_number(r.get(m)) for r in history)]
+    if not present:
+        return _save_figure(_message_figure("no data"), path)
+    if all(_is_number(r.get("epoch")) for r in history):
+        x_key = "epoch"
+    elif all(_is_number(r.get("step")) for r in history):
+        x_key = "step"
+    else:
+        x_key = None
+
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        ncols = min(3, len(present))
+        nrows = math.ceil(len(present) / ncols)
+        fig = _new_figure((4.6 * ncols, 3.4 * nrows))
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        splits = list(dict.fromkeys(str(r.get("split", "train")) for r in history))
+        for ax, metric in zip(axes, present, strict=False):
+            for j, split in enumerate(splits):
+                points = [
+                    (r[x_key] if x_key else i, r[metric])
+                    for i, r in enumerate(history)
+                    if str(r.get("split", "train")) == split and _is_number(r.get(metric))
+                ]
+                if not points:
+                    continue
+                x, y = np.asarray(points, np.float64).T
+                colour = SPLIT_COLOURS.get(split, f"C{j + 3}")
+                smooth = _smooth(y) if split == "train" and metric != "lr" else None
+                if smooth is not None:
+                    ax.plot(x, y, color=colour, alpha=0.25, linewidth=1.0)
+                    ax.plot(x, smooth, color=colour, linewidth=1.8, label=f"{split} (smoothed)")
+                else:
+                    # Sparse series (validation) get markers so single evaluations stay visible.
+                    ax.plot(
+                        x,
+                        y,
+                        color=colour,
+                        linewidth=1.6,
+                        marker="o" if len(x) < 50 else None,
+                        markersize=4,
+                        label=split,
+                    )
+            if metric == "lr" and ax.lines:
+                ys = np.concatenate([line.get_ydata() for line in ax.lines])
+                if ys.min() > 0 and ys.max() / ys.min() > 10:
+                    ax.set_yscale("log")
+            ax.set_title(metric)
+            ax.set_xlabel(x_key or "record")
+            ax.set_ylabel(metric)
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="best")
+        for ax in axes[len(present) :]:
+            ax.set_axis_off()
+        return _save_figure(fig, path)
+
+
+def _legend_handle(colour: str, label: str):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=colour, linewidth=2.0, label=label)
+
+
+def _check_example(i: int, example: Mapping) -> tuple[np.ndarray, np.ndarray, dict]:
+    image = np.asarray(example["image"], np.float64)
+    gt = np.asarray(example["gt"]).astype(bool)
+    pred = example["pred"]
+    preds = dict(pred) if isinstance(pred, Mapping) else {"prediction": pred}
+    preds = {name: np.asarray(p).astype(bool) for name, p in preds.items()}
+    if image.ndim != 2:
+        raise ValueError(f"overlay example {i}: image must be (H, W), got shape {image.shape}")
+    for name, mask in [("gt", gt), *preds.items()]:
+        if mask.shape != image.shape:
+            raise ValueError(
+                f"overlay example {i}: {name} shape {mask.shape} != image shape {image.shape}"
+            )
+    return image, gt, preds
+
+
+def _draw_contour(ax, mask_display: np.ndarray, colour: str, linestyle: str = "-") -> None:
+    if mask_display.any():
+        ax.contour(
+            mask_display.astype(np.float32),
+            levels=[0.5],
+            colors=[colour],
+            linewidths=1.6,
+            linestyles=linestyle,
+        )
+
+
+def plot_overlays(
+    examples: Sequence[Mapping],
+    path: str | os.PathLike,
+    *,
+    columns: Sequence[str] = ("image", "ground truth", "prediction"),
+) -> Path:
+    """Draws one row per example: the image, ground truth over it, prediction(s) over it.
+
+    Args:
+      examples: dicts ``{"image": (X, Y) float in [0, 1], "gt": (X, Y) bool, "pred": (X, Y) bool
+        or {model name: (X, Y) bool}, "title": str}`` in RAS voxel order (shown via `to_display`).
+      path: the PNG to write (atomically).
+      columns: the three column titles. The prediction column draws each model's contour in its
+        own colour (with the ground truth contour dashed for reference) and its title gives each
+        model's Dice on this slice (1.0 when both masks are empty, see `metrics`).
+
+    Returns:
+      ``Path(path)``. No examples write a figure saying "no examples".
+    """
+    if len(columns) != 3:
+        raise ValueError(f"columns must name 3 panels (image, ground truth, prediction): {columns}")
+    checked = [_check_example(i, ex) for i, ex in enumerate(examples)]
+    if not checked:
+        return _save_figure(_message_figure("no examples"), path)
+    models = list(dict.fromkeys(name for _, _, preds in checked for name in preds))
+    colours = {name: PRED_COLOURS[k % len(PRED_COLOURS)] for k, name in enumerate(models)}
+
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        rows = len(checked)
+        fig = _new_figure((3 * 3.3, rows * 3.6 + 0.8))
+        axes = fig.subplots(rows, 3, squeeze=False)
+        for row, ((image, gt, preds), example) in enumerate(zip(checked, examples, strict=True)):
+            shown = to_display(image)
+            gt_shown = to_display(gt)
+            for ax in axes[row]:
+                # Default interpolation: antialiased when a 512x512 slice is shrunk to a panel.
+                ax.imshow(shown, cmap="gray", vmin=0.0, vmax=1.0)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[row, 0].set_title(columns[0])
+            axes[row, 0].set_ylabel(str(example.get("title", f"example {row}")))
+            # Filled ground truth in the middle panel shows its extent, contour shows its edge.
+            axes[row, 1].imshow(
+                np.ma.masked_where(~gt_shown, gt_shown),
+                cmap="Greens",
+                vmin=0,
+                vmax=1.2,
+                alpha=0.45,
+                interpolation="nearest",
+            )
+            _draw_contour(axes[row, 1], gt_shown, GT_COLOUR)
+            axes[row, 1].set_title(f"{columns[1]} ({int(gt.sum())} px)")
+            _draw_contour(axes[row, 2], gt_shown, GT_COLOUR, linestyle="--")
+            scores = []
+            for name, mask in preds.items():
+                _draw_contour(axes[row, 2], to_display(mask), colours[name])
+                dice = overlap_metrics(mask, gt)["dice"]
+                scores.append(f"Dice {dice:.3f}" if len(models) == 1 else f"{name}: {dice:.3f}")
+            joined = ", ".join(scores)
+            # Long model names: one per line rather than a title wider than its panel.
+            joined = joined if len(joined) <= 40 else "\n".join(scores)
+            axes[row, 2].set_title(f"{columns[2]}\n{joined}", fontsize=11)
+        # Orientation letters once, on the first image; they hold for RAS input only.
+        ax0 = axes[0, 0]
+        for x, y, letter in [(0.5, 0.97, "A"), (0.97, 0.5, "R"), (0.03, 0.5, "L")]:
+            ax0.text(
+                x,
+                y,
+                letter,
+                transform=ax0.transAxes,
+                color="yellow",
+                fontsize=10,
+                ha="center",
+                va="center",
+                fontweight="bold",
+            )
+        handles = [_legend_handle(GT_COLOUR, columns[1])]
+        handles += [_legend_handle(colours[m], m) for m in models]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+        return _save_figure(fig, path)
+
+
+def _natural_key(case_id) -> list:
+    # "case10" after "case9": digit runs compare as numbers (re.split keeps str/int alternating).
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(case_id))]
+
+
+def _format_value(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.2f}" if key.endswith("_ml") else f"{value:.3f}"
+    return str(value)
+
+
+def _per_volume_table(per_volume: Sequence[Mapping]) -> str:
+    for i, volume in enumerate(per_volume):
+        if "case_id" not in volume:
+            raise ValueError(f"per_volume[{i}] has no 'case_id' (keys: {sorted(volume)})")
+    columns = [c for c in PER_VOLUME_COLUMNS if any(c in v for v in per_volume)]
+    lines = [
+        "| case | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for volume in sorted(per_volume, key=lambda v: _natural_key(v["case_id"])):
+        case = str(volume["case_id"]).replace("|", "\\|")
+        cells = [_format_value(c, volume.get(c)) for c in columns]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    summary: Mapping,
+    per_volume: Sequence[Mapping],
+    history: Sequence[Mapping],
+    overlay_examples: Sequence[Mapping],
+    title: str = "lesionjax evaluation",
+) -> Path:
+    """Writes ``out_dir/report.md`` with ``training_curves.png`` and ``overlays.png`` beside it.
+
+    Args:
+      out_dir: folder for the three files (created).
+      summary: a `metrics.summarize` result.
+      per_volume: per-case dicts with a "case_id" key and `metrics.volume_metrics` keys.
+      history: training records for `plot_training_curves`.
+      overlay_examples: examples for `plot_overlays`.
+      title: the report's heading.
+
+    Returns:
+      The path of report.md.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = plot_training_curves(history, out_dir / "training_curves.png")
+    overlays = plot_overlays(overlay_examples, out_dir / "overlays.png")
+    text = "\n".join(
+        [
+            f"# {title}\n",
+            "## Summary\n",
+            "Mean ± population standard deviation (ddof=0) of per-volume metrics. Lesion volumes "
+            "have a non-empty ground truth. `*_eps1`: smoothed with epsilon = 1 (label-efficient "
+            "ICH convention); plain metrics score an empty prediction of an empty ground truth as "
+            "1.0. (n=k) in a cell: NaN values were left out.\n",
+            format_summary_table(summary),
+            "## Per-volume metrics\n",
+            _per_volume_table(per_volume),
+            "## Training curves\n",
+            f"![training curves]({curves.name})\n",
+            "## Prediction overlays\n",
+            "Anterior up, patient right on the right; green: ground truth.\n",
+            f"![prediction overlays]({overlays.name})\n",
+        ]
+    )
+    return _write_atomic(out_dir / "report.md", lambda f: f.write(text.encode("utf-8")))
