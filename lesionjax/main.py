@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -18,6 +18,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<c
 
 def main(argv) -> int:
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and grain log every save at INFO; keep the console to the progress bar.
+        logging.set_verbosity(logging.WARNING)
     from lesionjax.distributed import initialize_from_env
 
     initialize_from_env()  # before any JAX computation
