@@ -77,6 +77,8 @@ def test_a_broken_case_is_skipped_and_reported(tiny_phantom, tmp_path):
         for f in sorted((tiny_phantom / sub).iterdir())[:2]:
             (src / sub / f.name).write_bytes(f.read_bytes())
     (src / "images" / "broken.nii.gz").write_bytes(b"not a nifti file")
+    any_mask = sorted((src / "masks").iterdir())[0]
+    (src / "masks" / "broken.nii.gz").write_bytes(any_mask.read_bytes())
     out = tmp_path / "out"
     code = bs.main(["--src", str(src), "--out", str(out), "--workers", "1", "--no-progress"])
     assert code == 1
