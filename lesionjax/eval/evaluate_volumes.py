@@ -51,11 +51,12 @@ def evaluate_cases(
     progress: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Per-volume metrics (at shard resolution, spacing in mm from the manifest) and overlay
-    examples of the lesion volumes with the largest lesions."""
+    examples: the lesion volumes with the largest lesions and the lesion-free volume with the
+    most false-positive voxels (if any)."""
     from tqdm import tqdm
 
     source = shards.source()
-    per_volume, candidates = [], []
+    per_volume, candidates, false_positives = [], [], []
     show = progress and jax.process_index() == 0
     for case_id in tqdm(case_ids, desc="evaluate", unit="vol", disable=not show):
         vol = shards.read_volume(case_id, source)
@@ -67,8 +68,18 @@ def evaluate_cases(
         per_volume.append({"case_id": case_id, "fold": entry["fold"], **metrics})
         if gt.any():
             candidates.append((int(gt.sum()), _overlay_example(case_id, vol["image"], gt, pred)))
+        elif pred.any():
+            false_positives.append(
+                (int(pred.sum()), _overlay_example(case_id, vol["image"], gt, pred))
+            )
     candidates.sort(key=lambda c: -c[0])
-    return per_volume, [example for _, example in candidates[:n_overlays]]
+    false_positives.sort(key=lambda c: -c[0])
+    # The largest lesions show what the model gets right; the worst lesion-free volume shows
+    # where it hallucinates.
+    chosen = candidates[: max(1, n_overlays - 1)] + false_positives[:1]
+    if len(chosen) < n_overlays:
+        chosen = candidates[:n_overlays]
+    return per_volume, [example for _, example in chosen[:n_overlays]]
 
 
 def _per_volume_csv(per_volume: Sequence[dict]) -> str:
