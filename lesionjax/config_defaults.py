@@ -42,6 +42,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.model.features = (32, 64, 128, 256, 512)
     c.model.out_channels = 1
     c.model.dropout = 0.5  # resunet2d only
+    c.model.output_prior = 0.0  # > 0: output bias starts at log(p / (1 - p)) (0: zero bias)
 
     c.loss = "dice"  # "dice" | "bce" | "dice_bce"
     c.optim = ml_collections.ConfigDict()
