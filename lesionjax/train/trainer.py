@@ -124,7 +124,8 @@ class MetricsLog:
 
 
 def validate(predictor: VolumePredictor, state, shards, case_ids, threshold: float) -> dict:
-    """Mean volume Dice over the validation volumes (all, and lesion volumes)."""
+    """Mean volume Dice over the validation volumes with lesions ("dice") and over all of them
+    ("dice_all", where an empty prediction of a lesion-free volume scores 1)."""
     source = shards.source()
     dices, lesion_dices = [], []
     for case_id in case_ids:
@@ -135,8 +136,8 @@ def validate(predictor: VolumePredictor, state, shards, case_ids, threshold: flo
         if m["gt_voxels"] > 0:
             lesion_dices.append(m["dice"])
     return {
-        "dice": float(np.mean(dices)) if dices else float("nan"),
-        "lesion_dice": float(np.mean(lesion_dices)) if lesion_dices else float("nan"),
+        "dice": float(np.mean(lesion_dices)) if lesion_dices else float("nan"),
+        "dice_all": float(np.mean(dices)) if dices else float("nan"),
     }
 
 
@@ -257,9 +258,9 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
 
     def save(step: int, val: dict | None) -> None:
-        metrics = {"val_dice": val["lesion_dice"]} if val else None
+        metrics = {"val_dice": val["dice"]} if val else None
         if metrics and not math.isfinite(metrics["val_dice"]):
-            metrics = {"val_dice": val["dice"]}
+            metrics = {"val_dice": val["dice_all"]}
         manager.save(
             step,
             args=ocp.args.Composite(
@@ -332,7 +333,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
                 metrics_log.write(
                     {"step": done, "epoch": done / steps_per_epoch, "split": "val", **val}
                 )
-                bar.set_postfix(val_dice=f"{val['lesion_dice']:.3f}")
+                bar.set_postfix(val_dice=f"{val['dice']:.3f}")
             epoch = done // steps_per_epoch
             if epoch % tcfg.checkpoint_every_epochs == 0 or done == total_steps:
                 save(done, val)
