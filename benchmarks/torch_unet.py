@@ -1,6 +1,6 @@
 """PyTorch peer of lesionjax's UNet2D, the same architecture layer for layer (benchmark only).
 
-conv3x3 (no bias) + BatchNorm (eps 1e-3, Keras momentum 0.99 = torch momentum 0.01) + ReLU,
+conv3x3 (no bias) + BatchNorm (eps 1e-3, running-average momentum 0.1 = lesionjax's 0.9) + ReLU,
 twice per level; 2x2 max-pool; 2x2 stride-2 transposed conv; concatenated skips; 1x1 conv head
 producing logits. Training uses the same soft Dice loss on sigmoid(logits) and Adam with the same
 coupled L2 (torch's ``Adam(weight_decay=...)`` adds ``wd * w`` to the gradient, like optax's
@@ -20,7 +20,7 @@ from torch import nn
 def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01),
+        nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.1),
         nn.ReLU(inplace=True),
     )
 

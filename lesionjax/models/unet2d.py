@@ -5,8 +5,8 @@ models stop at logits: ``jax.nn.sigmoid(logits)`` is the model's probability out
 final "1x1 conv + sigmoid"); the sigmoid lives in the losses and in inference because
 ``log(sigmoid(z))`` computed from ``z`` is numerically stabler than from the probability.
 
-BatchNorm follows the Keras defaults the papers were trained with (momentum 0.99, epsilon 1e-3).
-It uses batch statistics when ``train=True`` (and updates its running averages) and the running
+BatchNorm (epsilon 1e-3 as Keras, running-average momentum 0.9, see BN_MOMENTUM) uses batch
+statistics when ``train=True`` (and updates its running averages) and the running
 averages otherwise. Convolutions followed by BatchNorm have no bias: BN's mean subtraction cancels
 it exactly (its gradient is 0), and BN's own offset plays its role.
 

@@ -207,6 +207,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
+        compiler_options=step_lib.train_compiler_options(),
     )
     predictor = VolumePredictor(
         step_lib.make_predict_fn(graphdef),
