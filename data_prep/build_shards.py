@@ -24,29 +24,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from data_prep.layouts import LAYOUTS, CaseFiles
 from data_prep.volumes import CaseError, binarize_mask, load_nifti_ras
+from lesionjax.atomic import atomic_write_json
 from lesionjax.data import records
 from lesionjax.data.labels import SLICE_LABELS
 from lesionjax.data.windows import parse_windows, window_to_uint8
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def settings_fingerprint(settings: dict) -> str:

@@ -15,7 +15,7 @@ class CaseError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Volume:
-    """A volume reoriented to RAS+ (axis 0 left->right, 1 posterior->anterior, 2 inferior->superior).
+    """A volume reoriented to RAS+ (axes: left->right, posterior->anterior, inferior->superior).
 
     data: (X, Y, Z) float32; affine: (4, 4) voxel -> world (mm, RAS); spacing: (3,) mm;
     source_axcodes: orientation codes of the file as stored (to write predictions back).

@@ -42,7 +42,8 @@ def random_affine(key: jax.Array, shape: tuple[int, int], cfg: AugmentConfig):
     forward = rotation @ flip_m * scale  # about the image centre
     inverse = jnp.linalg.inv(forward)
     centre = (size - 1.0) / 2.0
-    # dst = forward @ (src - centre) + centre + shift  =>  src = inverse @ (dst - centre - shift) + centre
+    # dst = forward @ (src - centre) + centre + shift
+    # => src = inverse @ (dst - centre - shift) + centre
     offset = centre - inverse @ (centre + shift)
     return inverse, offset
 

@@ -90,7 +90,7 @@ class ShardSet:
 
 
 def split_case_ids(shards: ShardSet, test_fold: int, val_fold: int | None) -> dict[str, list[str]]:
-    """Volume-level split from the manifest's folds: test = one fold, val = another, train = rest."""
+    """Volume-level split by the manifest's folds: test = one fold, val = another, train = rest."""
     n = shards.manifest["n_folds"]
     if not 0 <= test_fold < n:
         raise ValueError(f"test fold {test_fold} out of range for {n} folds")

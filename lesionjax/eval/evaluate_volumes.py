@@ -6,23 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from lesionjax.atomic import atomic_write_text
 from lesionjax.data.pipeline import ShardSet
 from lesionjax.eval.inference import VolumePredictor
 from lesionjax.eval.metrics import summarize, volume_metrics
 from lesionjax.eval.report import read_metrics_log, write_report
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _overlay_example(case_id: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> dict:
@@ -117,9 +111,9 @@ def write_evaluation(
         **(extra or {}),
         "summary": summary,
     }
-    _atomic_write_text(out / "summary.json", json.dumps(result, indent=1) + "\n")
-    _atomic_write_text(out / "per_volume.json", json.dumps(per_volume, indent=1) + "\n")
-    _atomic_write_text(out / "per_volume.csv", _per_volume_csv(per_volume))
+    atomic_write_text(out / "summary.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "per_volume.json", json.dumps(per_volume, indent=1) + "\n")
+    atomic_write_text(out / "per_volume.csv", _per_volume_csv(per_volume))
     history = read_metrics_log(Path(workdir) / "metrics.jsonl")
     report = write_report(
         out,
