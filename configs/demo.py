@@ -22,6 +22,7 @@ def get_config(arg=None):
     c.optim.lr = 3e-3
     c.optim.decay_rate = 0.88  # per epoch: anneal within the short run
     c.model.output_prior = 0.01
+    c.train.precise_bn_batches = 8
     # The INSTANCE 2022 windows: brain [0, 80] separates blood from brain, subdural [-20, 180]
     # blood from bone at the inner table, wide [-150, 230] the rest.
     c.data.windows = ("brain", "subdural", "wide")

@@ -63,6 +63,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.train.max_steps = -1  # > 0: stop earlier
     c.train.log_every = 20
     c.train.checkpoint_every_epochs = 1
+    c.train.precise_bn_batches = 0  # > 0: BatchNorm statistics averaged over N batches per epoch
     c.train.log_data_order = False  # write data_order.jsonl (record indices of every batch)
 
     c.eval = ml_collections.ConfigDict()

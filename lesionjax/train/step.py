@@ -155,6 +155,30 @@ def make_predict_fn(
     return predict
 
 
+def make_batch_stats_fn(
+    graphdef: nnx.GraphDef,
+) -> Callable[[TrainState, jax.Array], nnx.State]:
+    """``batch_stats(state, image) -> model_state`` holding this batch's BatchNorm statistics.
+
+    With momentum 0 a train-mode forward replaces each running average by the batch's own
+    mean and variance. Averaging the results over several batches gives "precise BN" statistics
+    (Wu & Johnson 2021, as in pycls): the exponential running averages track only the last few
+    batches, so eval-mode outputs jump from epoch to epoch on short runs.
+    image: (B, H, W, C) float32 in [0, 1].
+    """
+
+    def batch_stats(state: TrainState, image: jax.Array) -> nnx.State:
+        model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
+        for _, module in nnx.iter_modules(model):
+            if isinstance(module, nnx.BatchNorm):
+                module.momentum = 0.0
+        model(image, train=True, rngs=nnx.Rngs(dropout=jax.random.key(0)))
+        _, _, model_state = _split(model)
+        return model_state
+
+    return batch_stats
+
+
 def make_eval_step(
     graphdef: nnx.GraphDef, loss_fn: LossFn
 ) -> Callable[[TrainState | tuple[nnx.State, nnx.State], Batch], Metrics]:

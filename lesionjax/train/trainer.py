@@ -209,6 +209,30 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         donate_argnums=0,
         compiler_options=step_lib.train_compiler_options(),
     )
+    batch_stats = jax.jit(
+        step_lib.make_batch_stats_fn(graphdef),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=state_sharding.model_state,
+    )
+    to_unit = augment_lib.make_augment_fn(None)  # uint8 -> [0, 1], no augmentation
+
+    def precise_bn(state, n_batches: int):
+        """Replaces the running BatchNorm statistics by their average over n training batches
+        (the next batches of the stream, read through a copy of the iterator's state)."""
+        if n_batches <= 0:
+            return state
+        stats_iter = iter(dataset)
+        stats_iter.set_state(data_iter.get_state())
+        total = None
+        for _ in range(n_batches):
+            local = next(stats_iter)
+            batch = pipeline.to_global_batch(
+                {k: local[k] for k in ("image", "mask", "weight")}, batch_sharding
+            )
+            stats = batch_stats(state, to_unit(None, batch)["image"])
+            total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        return state.replace(model_state=jax.tree.map(lambda x: x / n_batches, total))
+
     predictor = VolumePredictor(
         step_lib.make_predict_fn(graphdef),
         mesh,
@@ -329,6 +353,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
             window, t_last, seen_last = [], now, done
         if end_of_epoch:
             val = None
+            state = precise_bn(state, tcfg.get("precise_bn_batches", 0))
             if split["val"]:
                 val = validate(predictor, state, shards, split["val"], config.eval.threshold)
                 metrics_log.write(
