@@ -50,3 +50,44 @@ def tiny_shards(tiny_phantom, tmp_path_factory) -> pathlib.Path:
     )
     assert not skipped, skipped
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_main_command(tiny_phantom):
+    """``fn(workdir, *overrides) -> argv`` running the main job on the tiny phantom set (tiny
+    demo variant, no progress bar, every batch's record indices logged to data_order.jsonl)."""
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+
+    def command(workdir: pathlib.Path, *overrides: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "lesionjax.main",
+            f"--config={repo / 'configs' / 'demo.py'}:tiny",
+            f"--workdir={workdir}",
+            "--config.progress=False",
+            "--config.data.source=folder",
+            f"--config.data.raw_dir={tiny_phantom}",
+            "--config.data.policy=all",
+            "--config.train.batch_size=4",
+            "--config.train.log_data_order=True",
+            *overrides,
+        ]
+
+    return command
+
+
+def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
+    """Environment for a child JAX process on the CPU with ``devices`` fake devices."""
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def child_env():
+    return subprocess_env

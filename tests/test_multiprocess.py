@@ -1,10 +1,8 @@
 """Two local processes (jax.distributed over gloo), two fake CPU devices each: one global mesh."""
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,34 +17,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_evaluate_with_one_writer(tiny_phantom, tmp_path):
+def test_two_processes_train_and_evaluate_with_one_writer(tiny_main_command, child_env, tmp_path):
     port = _free_port()
     workdir = tmp_path / "run"
     procs = []
     for i in range(2):
-        env = dict(os.environ)
-        env.update(
-            JAX_PLATFORMS="cpu",
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        env = child_env(
+            2,
             LESIONJAX_COORDINATOR=f"127.0.0.1:{port}",
             LESIONJAX_NUM_PROCESSES="2",
             LESIONJAX_PROCESS_ID=str(i),
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "lesionjax.main",
-            f"--config={REPO / 'configs' / 'demo.py'}:tiny",
-            f"--workdir={workdir}",
-            "--config.progress=False",
-            "--config.data.source=folder",
-            f"--config.data.raw_dir={tiny_phantom}",
-            "--config.data.policy=all",
-            "--config.train.batch_size=4",
-            "--config.train.epochs=2",
-            "--config.train.log_every=1",
-            "--config.train.log_data_order=True",
-        ]
+        cmd = tiny_main_command(workdir, "--config.train.epochs=2", "--config.train.log_every=1")
         log = open(tmp_path / f"proc{i}.log", "w")  # noqa: SIM115 - closed below
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     for proc, log in procs:

@@ -1,7 +1,6 @@
 """Training end to end on the tiny phantom set: learning, resume after a kill, NaN stop."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -68,32 +67,6 @@ def test_short_training_lowers_the_loss_and_evaluates(tiny_shards, tmp_path):
     assert result.best_step is not None and (tmp_path / "checkpoints").is_dir()
 
 
-def _main_cmd(workdir: Path, phantom: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lesionjax.main",
-        f"--config={REPO / 'configs' / 'demo.py'}:tiny",
-        f"--workdir={workdir}",
-        "--config.progress=False",
-        "--config.data.source=folder",
-        f"--config.data.raw_dir={phantom}",
-        "--config.data.windows=('brain','ich')",
-        "--config.data.policy=all",
-        "--config.train.log_data_order=True",
-        "--config.train.batch_size=4",
-        "--config.train.epochs=6",
-        *extra,
-    ]
-
-
-def _env():
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    return env
-
-
 def _order(workdir: Path) -> dict[int, list[int]]:
     # The last entry of a step wins: a killed run may have read batches past its checkpoint.
     return {r["step"]: r["index"] for r in _read_jsonl(workdir / "data_order.jsonl")}
@@ -101,15 +74,21 @@ def _order(workdir: Path) -> dict[int, list[int]]:
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
-    tiny_phantom, tmp_path
+    tiny_main_command, child_env, tmp_path
 ):
+    def cmd(workdir):
+        return tiny_main_command(
+            workdir, "--config.data.windows=('brain','ich')", "--config.train.epochs=6"
+        )
+
+    env = child_env(2)
     reference = tmp_path / "reference"
-    subprocess.run(_main_cmd(reference, tiny_phantom), env=_env(), check=True, capture_output=True)
+    subprocess.run(cmd(reference), env=env, check=True, capture_output=True)
 
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(
-        _main_cmd(resumed, tiny_phantom),
-        env=_env(),
+        cmd(resumed),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -125,9 +104,7 @@ def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
     proc.wait()
     killed_at = max(int(p.name) for p in ckpt.glob("*") if p.name.isdigit())
 
-    out = subprocess.run(
-        _main_cmd(resumed, tiny_phantom), env=_env(), check=True, capture_output=True, text=True
-    )
+    out = subprocess.run(cmd(resumed), env=env, check=True, capture_output=True, text=True)
     assert f"at step {killed_at}" in out.stdout + out.stderr
 
     ref_order, res_order = _order(reference), _order(resumed)
