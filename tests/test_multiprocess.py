@@ -28,7 +28,12 @@ def test_two_processes_train_and_evaluate_with_one_writer(tiny_main_command, chi
             LESIONJAX_NUM_PROCESSES="2",
             LESIONJAX_PROCESS_ID=str(i),
         )
-        cmd = tiny_main_command(workdir, "--config.train.epochs=2", "--config.train.log_every=1")
+        cmd = tiny_main_command(
+            workdir,
+            "--config.train.epochs=2",
+            "--config.train.log_every=1",
+            "--config.train.precise_bn_batches=2",
+        )
         log = open(tmp_path / f"proc{i}.log", "w")  # noqa: SIM115 - closed below
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     for proc, log in procs:
