@@ -60,6 +60,8 @@ def evaluate_cases(
         entry = shards.volume(case_id)
         metrics = volume_metrics(pred, gt, spacing=entry["shard_spacing"])
         per_volume.append({"case_id": case_id, "fold": entry["fold"], **metrics})
+        if n_overlays <= 0:
+            continue
         if gt.any():
             candidates.append((int(gt.sum()), _overlay_example(case_id, vol["image"], gt, pred)))
         elif pred.any():

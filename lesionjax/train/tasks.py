@@ -25,8 +25,6 @@ def run_segmentation(config, workdir: Path) -> dict:
     Returns the evaluation summary (also written to ``workdir/eval/summary.json``).
     """
     from lesionjax.eval.evaluate_volumes import evaluate_cases, write_evaluation
-    from lesionjax.eval.inference import VolumePredictor
-    from lesionjax.train import step as step_lib
     from lesionjax.train.trainer import train
 
     workdir = Path(workdir)
@@ -47,14 +45,8 @@ def run_segmentation(config, workdir: Path) -> dict:
     t_train = time.perf_counter() - t0 - t_data
 
     eval_split = config.eval.split
-    predictor = VolumePredictor(
-        step_lib.make_predict_fn(result.graphdef),
-        result.mesh,
-        result.state_sharding,
-        batch_size=config.eval.batch_size,
-    )
     per_volume, overlays = evaluate_cases(
-        predictor,
+        result.predictor,
         result.state,
         shards,
         split[eval_split],

@@ -23,8 +23,8 @@ from jax.sharding import PartitionSpec as P
 
 from lesionjax.data import augment as augment_lib
 from lesionjax.data import pipeline
+from lesionjax.eval.evaluate_volumes import evaluate_cases
 from lesionjax.eval.inference import VolumePredictor
-from lesionjax.eval.metrics import volume_metrics
 from lesionjax.losses import get_loss
 from lesionjax.models.unet2d import build_model
 from lesionjax.train import step as step_lib
@@ -42,6 +42,7 @@ class TrainResult:
     graphdef: object
     mesh: Mesh
     state_sharding: object
+    predictor: VolumePredictor
     last_step: int
     best_step: int | None
     best_val_dice: float | None
@@ -126,15 +127,11 @@ class MetricsLog:
 def validate(predictor: VolumePredictor, state, shards, case_ids, threshold: float) -> dict:
     """Mean volume Dice over the validation volumes with lesions ("dice") and over all of them
     ("dice_all", where an empty prediction of a lesion-free volume scores 1)."""
-    source = shards.source()
-    dices, lesion_dices = [], []
-    for case_id in case_ids:
-        vol = shards.read_volume(case_id, source)
-        probs = predictor.predict_volume(state, vol["image"])
-        m = volume_metrics(probs >= threshold, vol["mask"] > 0)
-        dices.append(m["dice"])
-        if m["gt_voxels"] > 0:
-            lesion_dices.append(m["dice"])
+    per_volume, _ = evaluate_cases(
+        predictor, state, shards, case_ids, threshold=threshold, n_overlays=0, progress=False
+    )
+    dices = [v["dice"] for v in per_volume]
+    lesion_dices = [v["dice"] for v in per_volume if v["gt_voxels"] > 0]
     return {
         "dice": float(np.mean(lesion_dices)) if lesion_dices else float("nan"),
         "dice_all": float(np.mean(dices)) if dices else float("nan"),
@@ -216,6 +213,12 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
     )
     to_unit = augment_lib.make_augment_fn(None)  # uint8 -> [0, 1], no augmentation
 
+    def device_batch(local: dict) -> dict:
+        """This process's host batch -> global arrays (the host-only "index" stays behind)."""
+        return pipeline.to_global_batch(
+            {k: local[k] for k in ("image", "mask", "weight")}, batch_sharding
+        )
+
     def precise_bn(state, n_batches: int):
         """Replaces the running BatchNorm statistics by their average over n training batches
         (the next batches of the stream, read through a copy of the iterator's state)."""
@@ -225,10 +228,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         stats_iter.set_state(data_iter.get_state())
         total = None
         for _ in range(n_batches):
-            local = next(stats_iter)
-            batch = pipeline.to_global_batch(
-                {k: local[k] for k in ("image", "mask", "weight")}, batch_sharding
-            )
+            batch = device_batch(next(stats_iter))
             stats = batch_stats(state, to_unit(None, batch)["image"])
             total = stats if total is None else jax.tree.map(jnp.add, total, stats)
         return state.replace(model_state=jax.tree.map(lambda x: x / n_batches, total))
@@ -260,18 +260,19 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         ),
         item_names=("state", "data"),
     )
+    # What Orbax restores into: shapes, dtypes and the replicated sharding of every leaf.
+    restore_target = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        abstract_state,
+        state_sharding,
+    )
     start_step = 0
     latest = manager.latest_step()
     if latest is not None:
-        target = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            abstract_state,
-            state_sharding,
-        )
         restored = manager.restore(
             latest,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
+                state=ocp.args.StandardRestore(restore_target),
                 data=grain.checkpoint.CheckpointRestore(data_iter),
             ),
         )
@@ -325,10 +326,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         local = next(data_iter)
         if order_log is not None:
             order_log.write({"step": step, "index": local["index"].tolist()})
-        batch = pipeline.to_global_batch(
-            {k: local[k] for k in ("image", "mask", "weight")}, batch_sharding
-        )
-        state, metrics = train_step(state, batch, jax.random.fold_in(train_key, step))
+        state, metrics = train_step(state, device_batch(local), jax.random.fold_in(train_key, step))
         # Reading the previous step's loss lets the device run ahead by one step.
         if pending is not None:
             window.append(check(*pending))
@@ -365,8 +363,6 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
                 save(done, val)
             t_last = time.perf_counter()  # validation time is not training throughput
     bar.close()
-    if pending is not None:
-        check(*pending)
     if manager.latest_step() != total_steps and total_steps > start_step:
         save(total_steps, None)
     manager.wait_until_finished()
@@ -378,13 +374,8 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
     if best_metrics is None:
         best_step = None
     if best_step is not None and best_step != int(jax.device_get(state.step)):
-        target = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            abstract_state,
-            state_sharding,
-        )
         state = manager.restore(
-            best_step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            best_step, args=ocp.args.Composite(state=ocp.args.StandardRestore(restore_target))
         )["state"]
     manager.close()
     return TrainResult(
@@ -392,6 +383,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         graphdef=graphdef,
         mesh=mesh,
         state_sharding=state_sharding,
+        predictor=predictor,
         last_step=total_steps,
         best_step=best_step,
         best_val_dice=best_val,
