@@ -11,13 +11,30 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 @dataclasses.dataclass(frozen=True)
 class CaseFiles:
-    """The files of one case. Optional maps are None when the dataset has none."""
+    """The files of one case. Optional maps are None when the dataset has none.
+
+    image: a NIfTI file, or a folder holding one DICOM series.
+    image_files: the DICOM files of the series when they are listed explicitly (a folder with
+        several series, or files named in a CSV); their order defines the source slice index.
+    mask: binary lesion mask (NIfTI); None with ``labelled=True`` is an error ("no mask").
+    slice_labels: per-slice labels in SLICE_LABELS order, indexed by source slice (the stored z
+        index of a NIfTI image, or the index into ``image_files``), e.g. from a CSV.
+    modality: "CT" (HU, windowed) or "MR" (normalized by percentiles, then the "unit" window).
+    labelled: False for datasets without masks (RSNA, plain CQ500): the mask is all zeros and
+        the volume is marked ``has_mask: false`` in the manifest.
+    brain_mask: optional NIfTI brain mask used by MRI normalization.
+    """
 
     case_id: str
     image: Path
     mask: Path | None
     subtypes: Path | None = None
     icm: Path | None = None
+    image_files: tuple[Path, ...] | None = None
+    slice_labels: tuple[tuple[int, ...], ...] | None = None
+    modality: str = "CT"
+    labelled: bool = True
+    brain_mask: Path | None = None
 
 
 def nifti_stem(path: Path) -> str:

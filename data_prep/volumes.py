@@ -19,6 +19,11 @@ class Volume:
 
     data: (X, Y, Z) float32; affine: (4, 4) voxel -> world (mm, RAS); spacing: (3,) mm;
     source_axcodes: orientation codes of the file as stored (to write predictions back).
+    source_slice: (Z,) int, for each output axial slice the index of the source slice it comes
+    from (or is nearest to after resampling): the stored z index of a NIfTI file, or the index
+    into the list of DICOM files given to the reader. None when the stored slice axis is not
+    the axial one (then per-slice labels from a CSV cannot be attached).
+    modality: "CT" (data in HU) or "MR" (arbitrary units until normalized).
     """
 
     data: np.ndarray
@@ -26,6 +31,8 @@ class Volume:
     spacing: tuple[float, float, float]
     source_axcodes: tuple[str, str, str]
     path: Path
+    source_slice: np.ndarray | None = None
+    modality: str = "CT"
 
 
 def load_nifti_ras(path: Path, *, dtype=np.float32) -> Volume:
@@ -48,7 +55,24 @@ def load_nifti_ras(path: Path, *, dtype=np.float32) -> Volume:
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
         raise CaseError(f"{path}: {n_bad} voxels are NaN or infinite")
     zooms = tuple(float(z) for z in canonical.header.get_zooms()[:3])
-    return Volume(data, canonical.affine.astype(np.float64), zooms, tuple(source_axcodes), path)
+    return Volume(
+        data,
+        canonical.affine.astype(np.float64),
+        zooms,
+        tuple(source_axcodes),
+        path,
+        source_slice=_axial_source_slices(img.affine, data.shape[2]),
+    )
+
+
+def _axial_source_slices(stored_affine: np.ndarray, n: int) -> np.ndarray | None:
+    """For each RAS z index, the stored slice index, when the stored third axis is the axial one."""
+    ornt = nib.io_orientation(stored_affine)  # row i: stored axis i -> (RAS axis, flip)
+    axis, flip = int(ornt[2, 0]), int(ornt[2, 1])
+    if axis != 2:
+        return None
+    k = np.arange(n)
+    return k[::-1].copy() if flip < 0 else k
 
 
 def binarize_mask(mask: Volume, image: Volume) -> np.ndarray:
