@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -28,12 +29,21 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from data_prep import mri
 from data_prep.layouts import LAYOUTS, CaseFiles
-from data_prep.volumes import CaseError, binarize_mask, load_nifti_ras
+from data_prep.volumes import CaseError, Volume, binarize_mask, load_nifti_ras
 from lesionjax.atomic import atomic_write_json
 from lesionjax.data import records
 from lesionjax.data.labels import SLICE_LABELS
 from lesionjax.data.windows import parse_windows, window_to_uint8
+
+try:  # TEMPORARY until the layouts module provides it
+    from data_prep.layouts import read_layout
+except ImportError:
+
+    def read_layout(name, src):
+        return LAYOUTS[name](src), []
+
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.json"
@@ -43,14 +53,33 @@ def settings_fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _file_stamp(path: Path) -> dict:
+    st = Path(path).stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def source_fingerprint(files: CaseFiles) -> dict:
-    """Size and mtime of every source file: a changed file invalidates the volume's shard."""
-    out = {}
-    for field in ("image", "mask", "subtypes", "icm"):
+    """Size and mtime of every source file (and the labels given by a CSV): a changed file
+    invalidates the volume's shard."""
+    out: dict = {}
+    for field in ("mask", "subtypes", "icm", "brain_mask"):
         path = getattr(files, field)
         if path is not None:
-            st = Path(path).stat()
-            out[field] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            out[field] = _file_stamp(path)
+    if files.image_files is not None or Path(files.image).is_dir():
+        series = files.image_files or sorted(p for p in Path(files.image).iterdir() if p.is_file())
+        stamps = [_file_stamp(p) for p in series]
+        out["image"] = {
+            "path": str(files.image),
+            "files": len(stamps),
+            "digest": hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16],
+        }
+    else:
+        out["image"] = _file_stamp(files.image)
+    if files.slice_labels is not None:
+        out["slice_labels"] = hashlib.sha256(str(files.slice_labels).encode()).hexdigest()[:16]
+    out["modality"] = files.modality
+    out["labelled"] = files.labelled
     return out
 
 
@@ -75,17 +104,57 @@ def slice_labels_from_maps(mask: np.ndarray, subtypes: np.ndarray | None) -> np.
     return labels
 
 
+def load_image(files: CaseFiles) -> Volume:
+    """The case's image as a RAS+ Volume: a NIfTI file, or a DICOM series (folder or file list)."""
+    if files.image_files is not None or Path(files.image).is_dir():
+        from data_prep.dicom import read_dicom_series
+
+        volume = read_dicom_series(files.image_files or files.image)
+    else:
+        volume = load_nifti_ras(files.image)
+    if volume.modality != files.modality:
+        volume = dataclasses.replace(volume, modality=files.modality)
+    return volume
+
+
+def _labels_from_csv(files: CaseFiles, image: Volume) -> np.ndarray:
+    """Per-slice labels given by the dataset (indexed by source slice) -> (Z, 6) in RAS z order."""
+    given = np.asarray(files.slice_labels, dtype=np.uint8)
+    if given.ndim != 2 or given.shape[1] != len(SLICE_LABELS):
+        raise CaseError(
+            f"{files.image}: slice labels must have {len(SLICE_LABELS)} columns, got {given.shape}"
+        )
+    if image.source_slice is None:
+        raise CaseError(
+            f"{files.image}: per-slice labels given but the stored slice axis is not axial"
+        )
+    src = np.asarray(image.source_slice)
+    if src.max() >= len(given):
+        raise CaseError(
+            f"{files.image}: {len(given)} slice labels for an image with {src.max() + 1} slices"
+        )
+    return given[src].copy()
+
+
 def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
     """Reads one case, writes its shard and sidecar atomically, returns the sidecar entry."""
     windows = [tuple(w) for w in settings["windows"]]
     size = tuple(settings["size"]) if settings["size"] else None
-    if files.mask is None:
+    if files.modality == "MR" and any(lo < 0.0 or hi > 1.0 for lo, hi in windows):
+        raise CaseError(
+            f"{files.image}: MR images are normalized to [0, 1] but the windows {windows} are HU "
+            "windows (use --windows unit)"
+        )
+    if files.labelled and files.mask is None:
         raise CaseError(f"{files.image}: no mask found for case {files.case_id}")
-    image = load_nifti_ras(files.image)
+    image = load_image(files)
     if float(image.data.max()) == float(image.data.min()):
         raise CaseError(f"{files.image}: constant image (all voxels {image.data.min():g})")
-    mask = binarize_mask(load_nifti_ras(files.mask), image)
-    subtypes = icm = None
+    if files.labelled:
+        mask = binarize_mask(load_nifti_ras(files.mask), image)
+    else:
+        mask = np.zeros(image.data.shape, np.uint8)
+    subtypes = icm = brain = None
     if files.subtypes is not None:
         sub_vol = load_nifti_ras(files.subtypes)
         if sub_vol.data.shape != image.data.shape:
@@ -93,12 +162,50 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
         subtypes = np.rint(sub_vol.data).astype(np.uint8)
     if files.icm is not None:
         icm = binarize_mask(load_nifti_ras(files.icm), image)
+    if files.brain_mask is not None:
+        brain = binarize_mask(load_nifti_ras(files.brain_mask), image)
 
-    labels = slice_labels_from_maps(mask, subtypes)
-    shape = image.data.shape
+    csv_labels = _labels_from_csv(files, image) if files.slice_labels is not None else None
+
+    data = image.data
     spacing = np.asarray(image.spacing, np.float64)
+    affine = image.affine
+    if image.modality == "MR":
+        data = mri.normalize_intensity(
+            data,
+            brain,
+            percentiles=settings.get("normalize") or mri.DEFAULT_PERCENTILES,
+            method=settings.get("normalize_method") or "percentile",
+        )
+    if settings.get("spacing"):
+        data, (mask, icm), subtypes, affine, spacing, z_source = mri.resample_to_spacing(
+            data, [mask, icm], subtypes, affine, spacing, settings["spacing"]
+        )
+        if csv_labels is not None:
+            csv_labels = csv_labels[z_source]
+    keep = mri.select_slices(
+        data,
+        image.modality,
+        slice_range=settings.get("slice_range"),
+        min_content=settings.get("min_content", 0.0),
+    )
+    if keep.size == 0:
+        raise CaseError(f"{files.image}: no slice left after slice selection")
+    kept_all = keep.size == data.shape[2]
+    if not kept_all:
+        data, mask = data[:, :, keep], mask[:, :, keep]
+        icm = icm[:, :, keep] if icm is not None else None
+        subtypes = subtypes[:, :, keep] if subtypes is not None else None
+        csv_labels = csv_labels[keep] if csv_labels is not None else None
+    if csv_labels is not None:
+        labels = csv_labels.copy()
+        if files.labelled:  # the mask is the reference for "any"; the CSV gives the subtypes
+            labels[:, 0] = mask.reshape(-1, mask.shape[2]).any(axis=0)
+    else:
+        labels = slice_labels_from_maps(mask, subtypes)
+    shape = data.shape
     if size is not None:
-        hu = resize_inplane(image.data, size, order=1)
+        hu = resize_inplane(data, size, order=1)
         # Linear interpolation then 0.5 threshold keeps thin structures better than nearest.
         mask_s = (resize_inplane(mask.astype(np.float32), size, order=1) >= 0.5).astype(np.uint8)
         icm_s = None
@@ -106,21 +213,24 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
             icm_s = (resize_inplane(icm.astype(np.float32), size, order=1) >= 0.5).astype(np.uint8)
         shard_spacing = spacing * np.array([shape[0] / size[0], shape[1] / size[1], 1.0])
     else:
-        hu, mask_s, icm_s, shard_spacing = image.data, mask, icm, spacing
+        hu, mask_s, icm_s, shard_spacing = data, mask, icm, spacing
     channels = window_to_uint8(hu, windows)  # (X, Y, Z, C)
 
     from array_record.python.array_record_module import ArrayRecordWriter
 
     shard = out_dir / "shards" / f"{files.case_id}.array_record"
     tmp = shard.with_name(f".{shard.name}.tmp{os.getpid()}")
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    for k in range(shape[2]):
-        arrays = {"image": channels[:, :, k], "mask": mask_s[:, :, k], "labels": labels[k]}
-        if icm_s is not None:
-            arrays["icm"] = icm_s[:, :, k]
-        writer.write(records.encode_record(files.case_id, k, arrays))
-    writer.close()
-    os.replace(tmp, shard)
+    try:
+        writer = ArrayRecordWriter(str(tmp), "group_size:1")
+        for k in range(shape[2]):
+            arrays = {"image": channels[:, :, k], "mask": mask_s[:, :, k], "labels": labels[k]}
+            if icm_s is not None:
+                arrays["icm"] = icm_s[:, :, k]
+            writer.write(records.encode_record(files.case_id, k, arrays))
+        writer.close()
+        os.replace(tmp, shard)
+    finally:
+        tmp.unlink(missing_ok=True)
 
     voxel_ml = float(np.prod(spacing)) / 1000.0
     entry = {
@@ -130,10 +240,13 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
         "n_slices": int(shape[2]),
         "sources": source_fingerprint(files),
         "settings": settings_fingerprint(settings),
-        "affine": image.affine.tolist(),
+        "modality": image.modality,
+        "has_mask": bool(files.labelled),
+        "affine": affine.tolist(),
         "shape": list(shape),
         "spacing": spacing.tolist(),
         "source_axcodes": list(image.source_axcodes),
+        "kept_slices": None if kept_all else keep.tolist(),
         "shard_shape": [int(channels.shape[0]), int(channels.shape[1]), int(shape[2])],
         "shard_spacing": shard_spacing.tolist(),
         "lesion_voxels": int(mask.sum()),
@@ -216,8 +329,23 @@ def build_shards(
     workers: int = 1,
     progress: bool = True,
     dataset: str = "pairs",
+    normalize: Sequence[float] | None = None,
+    spacing: Sequence[float] | None = None,
+    slice_range: Sequence[int] | None = None,
+    min_content: float = 0.0,
+    normalize_method: str = "percentile",
+    reader_problems: Sequence[dict] = (),
 ) -> tuple[dict, list[dict]]:
-    """Builds (or completes) the shard folder. Returns (manifest, skipped cases)."""
+    """Builds (or completes) the shard folder. Returns (manifest, skipped cases).
+
+    normalize: MRI percentile clipping (lo, hi) before scaling to [0, 1] (default 0.5, 99.5).
+    normalize_method: "percentile" or "zscore" (see ``data_prep.mri``).
+    spacing: resample every volume to this voxel spacing (mm) first (None: keep the scan's).
+    slice_range: keep axial slices lo..hi-1 (after resampling; negative counts from the top).
+    min_content: keep slices with at least this fraction of tissue voxels (0: keep all).
+    reader_problems: problems the layout reader found ({case_id, file, error}), reported with
+        the build's own skips.
+    """
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     settings = {
@@ -225,22 +353,32 @@ def build_shards(
         "windows": [list(w) for w in parse_windows(windows)],
         "size": list(size) if size else None,
         "schema_version": records.SCHEMA_VERSION,
+        "normalize": [float(v) for v in normalize] if normalize else None,
+        "spacing": [float(v) for v in spacing] if spacing else None,
+        "slice_range": [int(v) for v in slice_range] if slice_range else None,
+        "min_content": float(min_content),
+        "normalize_method": normalize_method,
     }
-    skipped: list[dict] = []
-    seen: dict[str, CaseFiles] = {}
+    mri.check_settings(settings)
+    skipped: list[dict] = [dict(p) for p in reader_problems]
+    by_id: dict[str, list[CaseFiles]] = {}
+    for files in cases:
+        by_id.setdefault(files.case_id, []).append(files)
     todo: list[CaseFiles] = []
     entries: list[dict] = []
-    for files in cases:
-        if files.case_id in seen:
-            skipped.append(
-                {
-                    "case_id": files.case_id,
-                    "file": str(files.image),
-                    "error": f"duplicate case id (also {seen[files.case_id].image})",
-                }
-            )
+    for case_id, group in by_id.items():
+        if len(group) > 1:  # which one is right cannot be known: skip them all
+            others = ", ".join(str(f.image) for f in group)
+            for files in group:
+                skipped.append(
+                    {
+                        "case_id": case_id,
+                        "file": str(files.image),
+                        "error": f"duplicate case id {case_id!r} ({len(group)} cases: {others})",
+                    }
+                )
             continue
-        seen[files.case_id] = files
+        files = group[0]
         entry = _reusable(files, out_dir, settings)
         if entry is not None:
             entries.append(entry)
@@ -256,10 +394,16 @@ def build_shards(
         disable=not progress or not todo,
     )
 
+    for problem in skipped:  # reader problems and duplicate IDs, found before any work
+        text = problem["error"]
+        if problem["file"] not in text:
+            text = f"{problem['file']}: {text}"
+        bar.write(f"skipped {problem['case_id']}: {text}", file=sys.stderr)
+
     def record_failure(files: CaseFiles, err: BaseException) -> None:
         message = str(err) if isinstance(err, CaseError) else f"{type(err).__name__}: {err}"
         skipped.append({"case_id": files.case_id, "file": str(files.image), "error": message})
-        bar.write(f"skipped {files.case_id}: {message}")
+        bar.write(f"skipped {files.case_id}: {message}", file=sys.stderr)
 
     if workers <= 1:
         for files in todo:
@@ -309,59 +453,144 @@ def parse_window_arg(text: str) -> list:
     return out
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.replace(":", ",").split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.replace(":", ",").split(",") if v.strip()]
+
+
+# Per-dataset defaults (the CLI and configs override them). CT: the label-efficient paper's
+# [-50, 150] HU window, INSTANCE 2022 its three windows; MRI: normalized, the unit window.
+DATASET_DEFAULTS: dict[str, dict] = {
+    "instance2022": {"windows": ["brain", "subdural", "wide"]},
+}
+MODALITY_WINDOWS = {"CT": ["ich"], "MR": ["unit"]}
+
+
+def default_windows(dataset: str, cases: Sequence[CaseFiles]) -> list:
+    if "windows" in DATASET_DEFAULTS.get(dataset, {}):
+        return list(DATASET_DEFAULTS[dataset]["windows"])
+    modality = cases[0].modality if cases else "CT"
+    return list(MODALITY_WINDOWS.get(modality, ["ich"]))
+
+
+def load_config_data(spec: str):
+    """``path/to/config.py[:variant]`` -> its ``config.data`` (the options of a training config)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_lesionjax_config", path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None).data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.build_shards",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", default="pairs", choices=sorted(LAYOUTS))
-    parser.add_argument("--src", required=True, type=Path, help="dataset folder as downloaded")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for shards")
+    parser.add_argument("--dataset", default=None, choices=sorted(LAYOUTS), help="layout reader")
+    parser.add_argument("--src", type=Path, help="dataset folder as downloaded")
+    parser.add_argument("--out", type=Path, help="output folder for shards")
+    parser.add_argument(
+        "--config",
+        help="a training config (configs/NAME.py[:variant]) whose data options are the defaults",
+    )
     parser.add_argument(
         "--windows",
-        default="ich",
+        default=None,
         type=parse_window_arg,
-        help="window names or lo:hi pairs, comma separated (default: ich)",
+        help="window names or lo:hi pairs, comma separated (default: the dataset's; CT: ich, "
+        "MRI: unit)",
     )
     parser.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="resample slices in-plane to SIZE x SIZE (default: keep)",
+        "--size", type=int, default=None, help="resample slices in-plane to SIZE x SIZE"
     )
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument(
+        "--spacing", type=_floats, default=None, help="resample volumes to X,Y,Z mm first"
+    )
+    parser.add_argument(
+        "--slices", type=_ints, default=None, help="keep axial slices LO:HI (e.g. 70:90)"
+    )
+    parser.add_argument(
+        "--min-content", type=float, default=None, help="keep slices with this tissue fraction"
+    )
+    parser.add_argument(
+        "--normalize", type=_floats, default=None, help="MRI percentiles LO:HI (default 0.5:99.5)"
+    )
+    parser.add_argument(
+        "--normalize-method", choices=("percentile", "zscore"), default=None, help="MRI scheme"
+    )
+    parser.add_argument("--folds", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument(
         "--allow-skips", action="store_true", help="exit 0 even when some cases were skipped"
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+
     try:
-        cases = LAYOUTS[args.dataset](args.src)
+        d = load_config_data(args.config) if args.config else None
+    except Exception as err:
+        print(
+            f"error: {args.config}: cannot load config ({type(err).__name__}: {err})",
+            file=sys.stderr,
+        )
+        return 2
+
+    def pick(cli_value, key: str, default):
+        if cli_value is not None:
+            return cli_value
+        if d is not None and key in d and d[key] not in ("", (), None):
+            value = d[key]
+            return list(value) if isinstance(value, tuple) else value
+        return default
+
+    dataset = pick(args.dataset, "dataset", "pairs")
+    src = pick(args.src, "raw_dir", None)
+    out = pick(args.out, "shards_dir", None)
+    if src is None or out is None:
+        parser.error("--src and --out are required (or a --config with data.raw_dir/shards_dir)")
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    size = pick(args.size, "size", 0)
+    try:
+        cases, problems = read_layout(dataset, src)
         manifest, skipped = build_shards(
             cases,
-            args.out,
-            windows=args.windows,
-            size=(args.size, args.size) if args.size else None,
-            n_folds=args.folds,
-            seed=args.seed,
-            workers=args.workers,
+            out,
+            windows=pick(args.windows, "windows", None) or default_windows(dataset, cases),
+            size=(size, size) if size else None,
+            n_folds=pick(args.folds, "n_folds", 5),
+            seed=pick(args.seed, "fold_seed", 0),
+            workers=pick(args.workers, "prep_workers", min(4, os.cpu_count() or 1)),
             progress=not args.no_progress,
-            dataset=args.dataset,
+            dataset=dataset,
+            normalize=pick(args.normalize, "normalize", None),
+            spacing=pick(args.spacing, "spacing", None),
+            slice_range=pick(args.slices, "slice_range", None),
+            min_content=pick(args.min_content, "min_content", 0.0),
+            normalize_method=pick(args.normalize_method, "normalize_method", "percentile"),
+            reader_problems=problems,
         )
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     c = manifest["counts"]
     print(
-        f"{args.out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with lesions), "
+        f"{out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with lesions), "
         f"{c['slices']} slices ({c['lesion_slices']} with lesions)"
     )
     if skipped:
-        print(f"{len(skipped)} case(s) skipped, listed in {args.out / SKIPPED}", file=sys.stderr)
-        return 0 if args.allow_skips else 1
+        print(f"{len(skipped)} case(s) skipped, listed in {out / SKIPPED}", file=sys.stderr)
+        allow = args.allow_skips or (d is not None and d.get("allow_skips", False))
+        return 0 if allow else 1
     return 0
 
 

@@ -20,6 +20,11 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.data.missing_hint = ""  # printed when raw_dir is absent
     c.data.windows = ("ich",)  # names (lesionjax.data.windows.NAMED_WINDOWS) or (lo, hi) pairs
     c.data.size = 256  # in-plane size of the shards (0: keep the scan's)
+    c.data.spacing = ()  # (x, y, z) mm: resample volumes first (empty: keep the scan's)
+    c.data.slice_range = ()  # (lo, hi): keep axial slices lo..hi-1 (empty: all)
+    c.data.min_content = 0.0  # keep slices with at least this fraction of tissue voxels
+    c.data.normalize = ()  # MRI percentile clipping (lo, hi) (empty: 0.5, 99.5)
+    c.data.normalize_method = "percentile"  # MRI: "percentile" | "zscore" (data_prep.mri)
     c.data.n_folds = 5
     c.data.fold_seed = 0
     c.data.test_fold = 0

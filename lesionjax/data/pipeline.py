@@ -90,8 +90,11 @@ class ShardSet:
 
 
 def split_case_ids(shards: ShardSet, test_fold: int, val_fold: int | None) -> dict[str, list[str]]:
-    """Volume-level split by the manifest's folds: test = one fold, val = another, train = rest."""
+    """Volume-level split by the manifest's folds: test = one fold, val = another, train = rest.
+    A negative or None ``val_fold`` means no validation set (e.g. leave-one-patient-out)."""
     n = shards.manifest["n_folds"]
+    if val_fold is not None and val_fold < 0:
+        val_fold = None
     if not 0 <= test_fold < n:
         raise ValueError(f"test fold {test_fold} out of range for {n} folds")
     if val_fold is not None and (val_fold == test_fold or not 0 <= val_fold < n):

@@ -30,7 +30,7 @@ def shards_dir(config, workdir: Path) -> Path:
 def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
     """Generates the phantom set if the config asks for it and it is absent, builds the shards
     (reusing valid ones) and returns the loaded ShardSet."""
-    from data_prep.build_shards import build_shards
+    from data_prep.build_shards import build_shards, read_layout
     from data_prep.layouts import LAYOUTS
 
     d = config.data
@@ -53,7 +53,7 @@ def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
         raise DataNotFoundError(d.get("missing_hint", "") or f"{src}: dataset folder not found")
     if d.dataset not in LAYOUTS:
         raise ValueError(f"no reader for dataset layout {d.dataset!r}; known: {sorted(LAYOUTS)}")
-    cases = LAYOUTS[d.dataset](src)
+    cases, problems = read_layout(d.dataset, src)
     out = shards_dir(config, workdir)
     _, skipped = build_shards(
         cases,
@@ -65,6 +65,12 @@ def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
         workers=d.prep_workers,
         progress=progress,
         dataset=d.dataset,
+        normalize=tuple(d.normalize) or None,
+        spacing=tuple(d.spacing) or None,
+        slice_range=tuple(d.slice_range) or None,
+        min_content=d.min_content,
+        normalize_method=d.normalize_method,
+        reader_problems=problems,
     )
     if skipped and not d.get("allow_skips", False):
         raise RuntimeError(

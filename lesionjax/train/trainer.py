@@ -248,6 +248,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
     ckpt_dir = (workdir / "checkpoints").absolute()
     manager = ocp.CheckpointManager(
         ckpt_dir,
+        # Without a validation set there is no best: keep the latest checkpoint only.
         options=ocp.CheckpointManagerOptions(
             best_fn=lambda m: m["val_dice"],
             best_mode="max",
@@ -257,7 +258,9 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
                     pp.BestN(get_metric_fn=lambda m: m["val_dice"], n=1),
                 ]
             ),
-        ),
+        )
+        if split["val"]
+        else ocp.CheckpointManagerOptions(preservation_policy=pp.LatestN(n=1)),
         item_names=("state", "data"),
     )
     # What Orbax restores into: shapes, dtypes and the replicated sharding of every leaf.

@@ -1,0 +1,245 @@
+"""Bad input: every broken case is reported in one line naming the case, the file and the problem,
+the other cases are built, skipped.json lists it next to the manifest, the exit status is 1 (0 with
+--allow-skips), and what was written stays valid."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data_prep import build_shards as bs
+from lesionjax.data.pipeline import ShardSet
+
+GOOD = ("phantom_000", "phantom_001")
+
+
+@pytest.fixture
+def dataset(tiny_phantom, tmp_path) -> Path:
+    """Two good cases of the tiny phantom set in a fresh pairs layout."""
+    root = tmp_path / "raw"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+        for case in GOOD:
+            shutil.copy(tiny_phantom / sub / f"{case}.nii.gz", root / sub / f"{case}.nii.gz")
+    return root
+
+
+def _good_arrays(root: Path):
+    img = nib.load(root / "images" / f"{GOOD[0]}.nii.gz")
+    mask = nib.load(root / "masks" / f"{GOOD[0]}.nii.gz")
+    return np.asarray(img.dataobj, np.float32), np.asarray(mask.dataobj, np.uint8), img.affine
+
+
+def _save(array, affine, path: Path) -> None:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def _add_case(root: Path, name: str, image=None, mask=None, *, affine=None) -> None:
+    hu, m, aff = _good_arrays(root)
+    _save(
+        hu if image is None else image,
+        aff if affine is None else affine,
+        root / "images" / f"{name}.nii.gz",
+    )
+    if mask is not False:
+        _save(m if mask is None else mask, aff, root / "masks" / f"{name}.nii.gz")
+
+
+def _truncated_gzip(root):
+    _add_case(root, "bad")
+    path = root / "images" / "bad.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return "images/bad.nii.gz", "cannot read as NIfTI"
+
+
+def _not_nifti(root):
+    _add_case(root, "bad")
+    (root / "images" / "bad.nii.gz").write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
+    return "images/bad.nii.gz", "cannot read as NIfTI"
+
+
+def _not_nifti_plain(root):
+    _add_case(root, "bad")
+    (root / "images" / "bad.nii.gz").unlink()
+    (root / "images" / "bad.nii").write_bytes(b"\x00\x01garbage" * 100)
+    return "images/bad.nii", "cannot read as NIfTI"
+
+
+def _four_d(root):
+    hu, _, _ = _good_arrays(root)
+    _add_case(root, "bad", image=np.stack([hu, hu], axis=-1))
+    return "images/bad.nii.gz", "expected a 3D volume"
+
+
+def _shape_mismatch(root):
+    _, m, _ = _good_arrays(root)
+    _add_case(root, "bad", mask=m[:-2])
+    return "masks/bad.nii.gz", "mask shape"
+
+
+def _affine_mismatch(root):
+    _add_case(root, "bad")
+    hu, m, aff = _good_arrays(root)
+    shifted = aff.copy()
+    shifted[:3, 3] += 5.0
+    _save(m, shifted, root / "masks" / "bad.nii.gz")
+    return "masks/bad.nii.gz", "mask affine differs"
+
+
+def _nan_voxels(root):
+    hu, _, _ = _good_arrays(root)
+    hu = hu.copy()
+    hu[3, 4, 5] = np.nan
+    hu[1, 1, 1] = np.inf
+    _add_case(root, "bad", image=hu)
+    return "images/bad.nii.gz", "2 voxels are NaN or infinite"
+
+
+def _mask_values(root):
+    _, m, _ = _good_arrays(root)
+    _add_case(root, "bad", mask=(m * 2).astype(np.uint8))
+    return "masks/bad.nii.gz", "not binary"
+
+
+def _mask_fractional(root):
+    _, m, _ = _good_arrays(root)
+    _add_case(root, "bad", mask=m.astype(np.float32) * 0.5)
+    return "masks/bad.nii.gz", "not binary"
+
+
+def _constant_image(root):
+    hu, _, _ = _good_arrays(root)
+    _add_case(root, "bad", image=np.full_like(hu, -1000.0))
+    return "images/bad.nii.gz", "constant image"
+
+
+def _empty_file(root):
+    _add_case(root, "bad")
+    (root / "images" / "bad.nii.gz").write_bytes(b"")
+    return "images/bad.nii.gz", "cannot read as NIfTI"
+
+
+def _missing_mask(root):
+    _add_case(root, "bad", mask=False)
+    return "images/bad.nii.gz", "no mask found"
+
+
+BAD_CASES = {
+    "truncated_gzip": _truncated_gzip,
+    "not_nifti_gz": _not_nifti,
+    "not_nifti_plain": _not_nifti_plain,
+    "4d_image": _four_d,
+    "shape_mismatch": _shape_mismatch,
+    "affine_mismatch": _affine_mismatch,
+    "nan_inf_voxels": _nan_voxels,
+    "mask_values_0_2": _mask_values,
+    "mask_fractional": _mask_fractional,
+    "constant_image": _constant_image,
+    "empty_file": _empty_file,
+    "image_without_mask": _missing_mask,
+}
+
+
+def _run(root: Path, out: Path, *extra: str) -> int:
+    return bs.main(
+        [
+            "--src",
+            str(root),
+            "--out",
+            str(out),
+            "--windows",
+            "brain",
+            "--folds",
+            "2",
+            "--workers",
+            "1",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def _check_valid_output(out: Path, expected_ids) -> None:
+    shards = ShardSet.load(out)
+    assert sorted(v["case_id"] for v in shards.volumes) == sorted(expected_ids)
+    for v in shards.volumes:
+        volume = shards.read_volume(v["case_id"])
+        assert volume["image"].shape[2] == v["n_slices"]
+    leftovers = [p.name for p in (out / "shards").iterdir() if ".tmp" in p.name]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CASES))
+def test_bad_case_is_reported_and_skipped(kind, dataset, tmp_path, capsys):
+    rel_file, problem = BAD_CASES[kind](dataset)
+    out = tmp_path / "shards"
+    assert _run(dataset, out) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("skipped bad")]
+    assert len(lines) == 1, err
+    assert str(dataset / rel_file) in lines[0] and problem in lines[0], lines[0]
+    skipped = json.loads((out / bs.SKIPPED).read_text())
+    assert [s["case_id"] for s in skipped] == ["bad"]
+    assert problem in skipped[0]["error"] and str(dataset / rel_file) in skipped[0]["error"]
+    _check_valid_output(out, GOOD)
+    # --allow-skips: same outcome, exit 0; the good shards are reused, not rebuilt.
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.array_record")}
+    assert _run(dataset, out, "--allow-skips") == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.array_record")}
+    assert before == after
+    _check_valid_output(out, GOOD)
+
+
+def test_mask_0_255_is_accepted(dataset, tmp_path):
+    _, m, _ = _good_arrays(dataset)
+    _add_case(dataset, "m255", mask=(m * 255).astype(np.uint8))
+    out = tmp_path / "shards"
+    assert _run(dataset, out) == 0
+    manifest = json.loads((out / bs.MANIFEST).read_text())
+    by_id = {v["case_id"]: v for v in manifest["volumes"]}
+    assert by_id["m255"]["lesion_voxels"] == by_id[GOOD[0]]["lesion_voxels"] == int(m.sum())
+    assert not (out / bs.SKIPPED).exists()
+
+
+def test_duplicate_case_ids_are_all_skipped(dataset, tmp_path, capsys):
+    # case_000.nii next to case_000.nii.gz: two images claim the same case ID.
+    img = nib.load(dataset / "images" / f"{GOOD[0]}.nii.gz")
+    nib.save(img, str(dataset / "images" / f"{GOOD[0]}.nii"))
+    out = tmp_path / "shards"
+    assert _run(dataset, out) == 1
+    err = capsys.readouterr().err
+    dup_lines = [line for line in err.splitlines() if "duplicate case id" in line]
+    assert len(dup_lines) == 2 and all(GOOD[0] in line for line in dup_lines)
+    skipped = json.loads((out / bs.SKIPPED).read_text())
+    assert sorted(s["file"] for s in skipped) == sorted(
+        [str(dataset / "images" / f"{GOOD[0]}.nii"), str(dataset / "images" / f"{GOOD[0]}.nii.gz")]
+    )
+    _check_valid_output(out, [GOOD[1]])
+
+
+def test_all_cases_bad_exits_with_error(dataset, tmp_path, capsys):
+    for case in GOOD:
+        (dataset / "masks" / f"{case}.nii.gz").unlink()
+    out = tmp_path / "shards"
+    assert _run(dataset, out) == 2
+    assert "no case could be built" in capsys.readouterr().err
+    assert len(json.loads((out / bs.SKIPPED).read_text())) == 2
+    assert not (out / bs.MANIFEST).exists()
+
+
+def test_fixed_case_is_built_on_the_next_run(dataset, tmp_path):
+    _missing_mask(dataset)
+    out = tmp_path / "shards"
+    assert _run(dataset, out) == 1
+    _, m, aff = _good_arrays(dataset)
+    _save(m, aff, dataset / "masks" / "bad.nii.gz")
+    assert _run(dataset, out) == 0
+    assert not (out / bs.SKIPPED).exists()
+    _check_valid_output(out, [*GOOD, "bad"])
