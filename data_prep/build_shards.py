@@ -30,20 +30,12 @@ import numpy as np
 from scipy import ndimage
 
 from data_prep import mri
-from data_prep.layouts import LAYOUTS, CaseFiles
+from data_prep.layouts import LAYOUTS, CaseFiles, read_layout
 from data_prep.volumes import CaseError, Volume, binarize_mask, load_nifti_ras
 from lesionjax.atomic import atomic_write_json
 from lesionjax.data import records
 from lesionjax.data.labels import SLICE_LABELS
 from lesionjax.data.windows import parse_windows, window_to_uint8
-
-try:  # TEMPORARY until the layouts module provides it
-    from data_prep.layouts import read_layout
-except ImportError:
-
-    def read_layout(name, src):
-        return LAYOUTS[name](src), []
-
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.json"
@@ -80,6 +72,7 @@ def source_fingerprint(files: CaseFiles) -> dict:
         out["slice_labels"] = hashlib.sha256(str(files.slice_labels).encode()).hexdigest()[:16]
     out["modality"] = files.modality
     out["labelled"] = files.labelled
+    out["mask_nonzero"] = files.mask_nonzero
     return out
 
 
@@ -151,7 +144,7 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
     if float(image.data.max()) == float(image.data.min()):
         raise CaseError(f"{files.image}: constant image (all voxels {image.data.min():g})")
     if files.labelled:
-        mask = binarize_mask(load_nifti_ras(files.mask), image)
+        mask = binarize_mask(load_nifti_ras(files.mask), image, nonzero=files.mask_nonzero)
     else:
         mask = np.zeros(image.data.shape, np.uint8)
     subtypes = icm = brain = None

@@ -75,11 +75,13 @@ def _axial_source_slices(stored_affine: np.ndarray, n: int) -> np.ndarray | None
     return k[::-1].copy() if flip < 0 else k
 
 
-def binarize_mask(mask: Volume, image: Volume) -> np.ndarray:
+def binarize_mask(mask: Volume, image: Volume, *, nonzero: bool = False) -> np.ndarray:
     """Checks a mask against its image and returns it as uint8 {0, 1}.
 
     Accepted values: {0, 1} and {0, 255} (a common export of 8-bit tools). Any other value is
-    rejected rather than guessed (a label map with several classes needs an explicit mapping).
+    rejected rather than guessed (a label map with several classes needs an explicit mapping),
+    unless ``nonzero``: then the mask is a label map of non-negative integers and every label > 0
+    is foreground (the nnU-Net / Decathlon convention for "lesion of any class").
     """
     if mask.data.shape != image.data.shape:
         raise CaseError(
@@ -91,6 +93,8 @@ def binarize_mask(mask: Volume, image: Volume) -> np.ndarray:
             f" (max difference {np.abs(mask.affine - image.affine).max():.4g})"
         )
     values = np.unique(mask.data)
+    if nonzero and values.min() >= 0 and np.all(values == np.rint(values)):
+        return (mask.data > 0).astype(np.uint8)
     if set(values.tolist()) <= {0.0, 1.0}:
         return mask.data.astype(np.uint8)
     if set(values.tolist()) <= {0.0, 255.0}:

@@ -243,3 +243,29 @@ def test_fixed_case_is_built_on_the_next_run(dataset, tmp_path):
     assert _run(dataset, out) == 0
     assert not (out / bs.SKIPPED).exists()
     _check_valid_output(out, [*GOOD, "bad"])
+
+
+def test_nnunet_label_map_foreground_is_every_label(tmp_path):
+    """nnU-Net / Decathlon masks are label maps: labels {0, 1, 2} are accepted, foreground = > 0
+    (the pairs layout rejects the same values, see mask_values_0_2 above)."""
+    from data_prep.layouts import read_layout
+    from lesionjax.data.phantom_layouts import write_layout
+
+    root = write_layout(
+        "nnunet", tmp_path / "raw", 2, seed=1, shape=(64, 64, 8), spacing=(3.6, 3.6, 12.0)
+    )
+    cases, problems = read_layout("nnunet", root)
+    assert not problems
+    masks = [np.asarray(nib.load(c.mask).dataobj).astype(np.uint8) for c in cases]
+    k = next(i for i, m in enumerate(masks) if m.any())
+    label, m = nib.load(cases[k].mask), masks[k]
+    relabelled = m.copy()
+    relabelled[m > 0] = 2
+    relabelled[tuple(np.argwhere(m > 0)[0])] = 1
+    nib.save(nib.Nifti1Image(relabelled, label.affine), str(cases[k].mask))
+    manifest, skipped = bs.build_shards(
+        cases, tmp_path / "out", windows=["brain"], n_folds=2, progress=False
+    )
+    assert not skipped
+    by_id = {v["case_id"]: v for v in manifest["volumes"]}
+    assert by_id[cases[k].case_id]["lesion_voxels"] == int((m > 0).sum())
