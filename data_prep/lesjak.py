@@ -23,7 +23,7 @@ def read_lesjak_layout(src: Path, sequence: str = "FLAIR") -> list[CaseFiles]:
     if sequence not in SEQUENCES:
         raise ValueError(f"unknown sequence {sequence!r}; known: {SEQUENCES}")
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: dataset folder not found (expected patientNN/ folders)")
+        raise FileNotFoundError(f"{src}: not a folder (expected the Lesjak MS layout: patientNN/)")
     patients = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("patient"))
     if not patients:
         raise FileNotFoundError(f"{src}: no patientNN/ folders (expected the Lesjak MS layout)")
