@@ -269,3 +269,70 @@ def test_nnunet_label_map_foreground_is_every_label(tmp_path):
     assert not skipped
     by_id = {v["case_id"]: v for v in manifest["volumes"]}
     assert by_id[cases[k].case_id]["lesion_voxels"] == int((m > 0).sum())
+
+
+def _rsna(tmp_path):
+    from data_prep.layouts import read_layout
+    from lesionjax.data.phantom_layouts import write_layout
+
+    root = write_layout(
+        "rsna", tmp_path / "raw", 3, seed=2, shape=(64, 64, 8), spacing=(3.6, 3.6, 12.0)
+    )
+    cases, problems = read_layout("rsna", root)
+    assert not problems and len(cases) == 3
+    return root, cases
+
+
+def _run_dataset(name: str, root: Path, out: Path, *extra: str) -> int:
+    return bs.main(
+        [
+            "--dataset",
+            name,
+            "--src",
+            str(root),
+            "--out",
+            str(out),
+            "--windows",
+            "brain",
+            "--folds",
+            "2",
+            "--workers",
+            "1",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def test_dicom_with_unreadable_tag_is_reported(tmp_path, capsys):
+    import pydicom
+
+    root, cases = _rsna(tmp_path)
+    victim = cases[1].image_files[3]
+    ds = pydicom.dcmread(victim)
+    # A value that does not parse as numbers (written as text, read back as garbage).
+    ds[0x00200032] = pydicom.dataelem.DataElement(0x00200032, "LO", "not\\a\\number")
+    ds.save_as(victim)
+    out = tmp_path / "shards"
+    assert _run_dataset("rsna", root, out) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(lines) == 1 and cases[1].case_id in lines[0], err
+    assert victim.name in lines[0] and "ImagePositionPatient" in lines[0], lines[0]
+    _check_valid_output(out, [cases[0].case_id, cases[2].case_id])
+    assert _run_dataset("rsna", root, out, "--allow-skips") == 0
+
+
+def test_csv_row_naming_a_missing_file_is_reported(tmp_path, capsys):
+    root, cases = _rsna(tmp_path)
+    missing = cases[0].image_files[2]
+    missing.unlink()
+    out = tmp_path / "shards"
+    assert _run_dataset("rsna", root, out) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert lines and all(missing.stem in line for line in lines), err
+    skipped = json.loads((out / bs.SKIPPED).read_text())
+    assert any(missing.stem in s["file"] or missing.stem in s["error"] for s in skipped)
+    manifest = json.loads((out / bs.MANIFEST).read_text())
+    assert {v["case_id"] for v in manifest["volumes"]} >= {cases[1].case_id, cases[2].case_id}
