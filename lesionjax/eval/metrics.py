@@ -2,9 +2,10 @@
 
 All metrics come from three integer counts of one binary prediction against one binary ground
 truth: TP (both), FP (prediction only) and FN (ground truth only), see `count_overlap`. Counting
-with `np.count_nonzero` on bool arrays keeps a 512x512x40 volume at a few milliseconds. Distance
-metrics (Hausdorff, HD95, ASSD, surface Dice) belong in their own functions next to these and
-are merged into `volume_metrics` the same way the volumes in mL are.
+with `np.count_nonzero` on bool arrays keeps a 512x512x40 volume at a few milliseconds. The
+surface metrics (Hausdorff, HD95, ASSD, normalized surface Dice) live in `lesionjax.eval.surface`
+(surface-distance's conventions, validated against it) and `volume_metrics` merges them in, with
+the volumes in mL and, from probabilities, the voxel-level ROC AUC (`roc_auc`).
 
 Formulas, with a smoothing constant ``eps >= 0``::
 
@@ -37,6 +38,11 @@ DeepMind's surface-distance `compute_dice_coefficient` give NaN (nnU-Net then av
 only (`summarize(...)["lesion"]`), where no ground truth is empty.
 
 Volumes: with ``spacing`` (mm per array axis) a voxel is ``prod(spacing) / 1000`` mL.
+
+Surface metrics with empty masks (`surface.surface_metrics`): both empty -> hd = hd95 = assd = 0
+and nsd = 1 (perfect, as Dice); one empty -> hd, hd95, assd = NaN (no distance exists;
+surface-distance gives inf, MONAI inf or NaN) and nsd = 0. `summarize` leaves NaNs out of the
+means and reports how many volumes each mean covers.
 """
 
 from __future__ import annotations
@@ -47,8 +53,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lesionjax.eval.surface import SURFACE_KEYS, bounding_box, surface_metrics
+
 OVERLAP_KEYS = ("dice", "iou", "precision", "recall")
-SUMMARY_KEYS = OVERLAP_KEYS + tuple(f"{k}_eps1" for k in OVERLAP_KEYS)
+SUMMARY_KEYS = OVERLAP_KEYS + tuple(f"{k}_eps1" for k in OVERLAP_KEYS) + SURFACE_KEYS
+
+# Normalized surface Dice tolerance of the INSTANCE 2022 evaluation script
+# (compute_surface_dice_at_tolerance(..., 0.42)): about one in-plane voxel of its head CTs.
+NSD_TOLERANCE_MM = 0.42
 
 
 class OverlapCounts(NamedTuple):
@@ -154,35 +166,150 @@ def _voxel_ml(spacing: Sequence[float], ndim: int) -> float:
     return math.prod(spacing) / 1000.0  # mm^3 -> mL
 
 
+def _check_same_shape(pred: np.ndarray, gt: np.ndarray) -> None:
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} != ground truth shape {gt.shape}")
+
+
+def _box_count(mask: np.ndarray, box: tuple[slice, ...] | None) -> int:
+    return 0 if box is None else int(np.count_nonzero(mask[box]))
+
+
+def roc_auc(prob: np.ndarray, gt: np.ndarray) -> float:
+    """Voxel-level ROC AUC of scores ``prob`` against a binary ground truth.
+
+    The Mann-Whitney statistic: the fraction of (lesion voxel, background voxel) pairs in which
+    the lesion voxel scores higher, a tie counting 1/2. That is exactly the area under the ROC
+    curve through all distinct thresholds with straight segments across tied scores, which is
+    what ``sklearn.metrics.roc_auc_score`` computes (tested). Exact integer counting: the scores
+    are sorted (``np.sort``, vectorized; no argsort) and the smaller class is binary-searched in
+    them: for each of its voxels, how many voxels score below it (``< v`` and ``<= v``).
+
+    Args:
+      prob: (...) scores, any real values (probabilities or logits), finite.
+      gt: binary ground truth of the same shape.
+
+    Returns:
+      AUC in [0, 1]; NaN when ``gt`` is all lesion or all background (undefined; sklearn raises).
+
+    Raises:
+      ValueError: the shapes differ, ``gt`` is not binary, or ``prob`` has NaN or inf.
+    """
+    prob = np.asarray(prob)
+    gt = as_binary_mask(np.asarray(gt), "ground truth")
+    if prob.shape != gt.shape:
+        raise ValueError(f"probability shape {prob.shape} != ground truth shape {gt.shape}")
+    if prob.dtype == bool or not np.issubdtype(prob.dtype, np.number):
+        raise ValueError(f"probabilities must be real numbers, got dtype {prob.dtype}")
+    if np.issubdtype(prob.dtype, np.complexfloating):
+        raise ValueError(f"probabilities must be real numbers, got dtype {prob.dtype}")
+    scores, labels = prob.ravel(), gt.ravel()
+    if np.issubdtype(scores.dtype, np.floating) and not np.isfinite(scores).all():
+        raise ValueError("probabilities contain NaN or inf")
+    n_pos = int(np.count_nonzero(labels))
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    small_is_pos = n_pos <= n_neg
+    small = np.sort(scores[labels] if small_is_pos else scores[~labels])
+    # Only scores within the small class' range can fall between two of its values; sort just
+    # those when they are few (a confident model), else everything (cheaper than selecting).
+    lo, hi = small[0], small[-1]
+    window = (scores >= lo) & (scores <= hi)
+    n_window = int(np.count_nonzero(window))
+    if 2 * n_window > scores.size:
+        ranked, below = np.sort(scores), 0
+    else:
+        ranked = np.sort(scores[window])
+        below = scores.size - n_window - int(np.count_nonzero(scores > hi))
+    # For each small-class voxel v: (#all < v) + (#all <= v). Summed over the class, its own
+    # members contribute n_small^2 (each pair once, ties twice); the rest counts the other
+    # class below (twice) and tied (once).
+    n_small = small.size
+    total = (
+        2 * below * n_small
+        + int(np.searchsorted(ranked, small, side="left").sum(dtype=np.int64))
+        + int(np.searchsorted(ranked, small, side="right").sum(dtype=np.int64))
+        - n_small * n_small
+    )
+    twice_u = total if small_is_pos else 2 * n_pos * n_neg - total
+    return twice_u / (2 * n_pos * n_neg)
+
+
 def volume_metrics(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    *,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+    prob: np.ndarray | None = None,
+    surface: bool = True,
+    hd_percent: float = 95.0,
 ) -> dict[str, float | int]:
     """All per-volume metrics of one case.
 
     Args:
-      pred: (X, Y, Z) (or any shape) binary prediction.
+      pred: (X, Y, Z) or (H, W) binary prediction (any shape without surface metrics).
       gt: binary ground truth of the same shape.
       spacing: voxel size in mm per axis of ``pred`` (len == pred.ndim), or None.
+      nsd_tolerance_mm: tolerance of the normalized surface Dice (default: INSTANCE 2022's).
+      prob: optional scores of the same shape (e.g. the probabilities ``pred`` was thresholded
+        from); adds ``auc`` (`roc_auc`).
+      surface: with ``spacing``, compute the surface metrics (2D or 3D masks only).
+      hd_percent: the percentile reported as ``hd95``.
 
     Returns:
       ``dice, iou, precision, recall`` (eps = 0), ``dice_eps1, iou_eps1, precision_eps1,
-      recall_eps1`` (eps = 1), ``gt_voxels, pred_voxels`` (ints) and, with ``spacing``,
-      ``gt_ml, pred_ml`` (millilitres) and ``rvd`` = (pred_ml - gt_ml) / gt_ml, signed
-      (> 0: over-segmentation), NaN when the ground truth is empty. The INSTANCE 2022 challenge
-      reports |rvd|.
+      recall_eps1`` (eps = 1), ``gt_voxels, pred_voxels`` (ints); with ``spacing``,
+      ``gt_ml, pred_ml`` (millilitres), ``rvd`` = (pred_ml - gt_ml) / gt_ml, signed
+      (> 0: over-segmentation), NaN when the ground truth is empty (INSTANCE 2022 reports
+      |rvd|), and the surface metrics ``hd, hd95, assd`` (mm) and ``nsd`` (see
+      `surface.surface_metrics` for their definitions and the empty-mask convention); with
+      ``prob``, ``auc``.
+
+    Raises:
+      ValueError: shapes differ, a mask is not binary, bad spacing, or surface metrics asked
+        for a mask that is not 2D or 3D.
     """
-    counts = count_overlap(pred, gt)
+    pred = as_binary_mask(np.asarray(pred), "prediction")
+    gt = as_binary_mask(np.asarray(gt), "ground truth")
+    _check_same_shape(pred, gt)
+    # Count inside the bounding boxes (two cheap projections per mask, which the surface
+    # metrics need anyway) instead of three full-volume passes.
+    box_pred, box_gt = bounding_box(pred), bounding_box(gt)
+    if box_pred is None or box_gt is None:
+        tp = 0
+    else:  # TP voxels lie in the intersection of the boxes (possibly empty)
+        starts = [max(a.start, b.start) for a, b in zip(box_pred, box_gt, strict=True)]
+        stops = [min(a.stop, b.stop) for a, b in zip(box_pred, box_gt, strict=True)]
+        both = tuple(slice(lo, max(lo, hi)) for lo, hi in zip(starts, stops, strict=True))
+        tp = int(np.count_nonzero(pred[both] & gt[both]))
+    n_pred, n_gt = _box_count(pred, box_pred), _box_count(gt, box_gt)
+    counts = OverlapCounts(tp=tp, fp=n_pred - tp, fn=n_gt - tp)
     result: dict[str, float | int] = dict(overlap_from_counts(counts, 0.0))
     result.update({f"{k}_eps1": v for k, v in overlap_from_counts(counts, 1.0).items()})
     result["gt_voxels"] = counts.gt_voxels
     result["pred_voxels"] = counts.pred_voxels
     if spacing is not None:
-        voxel_ml = _voxel_ml(spacing, np.ndim(pred))
+        voxel_ml = _voxel_ml(spacing, pred.ndim)
         gt_ml = counts.gt_voxels * voxel_ml
         pred_ml = counts.pred_voxels * voxel_ml
         result["gt_ml"] = gt_ml
         result["pred_ml"] = pred_ml
         result["rvd"] = (pred_ml - gt_ml) / gt_ml if counts.gt_voxels else math.nan
+        if surface:
+            result.update(
+                surface_metrics(
+                    pred,
+                    gt,
+                    spacing,
+                    nsd_tolerance_mm=nsd_tolerance_mm,
+                    hd_percent=hd_percent,
+                    boxes=(box_pred, box_gt),
+                )
+            )
+    if prob is not None:
+        result["auc"] = roc_auc(prob, gt)
     return result
 
 
