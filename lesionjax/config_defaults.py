@@ -61,6 +61,10 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.augment.rotate_deg = 15.0
     c.augment.scale = (0.9, 1.1)
     c.augment.flip_prob = 0.5
+    # Intensity jitter (factor ranges; (1, 1) = off). Off for CT (absolute HU), on for MRI configs.
+    c.augment.brightness = (1.0, 1.0)
+    c.augment.contrast = (1.0, 1.0)
+    c.augment.gamma = (1.0, 1.0)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32

@@ -84,3 +84,35 @@ def test_disabled_augmentation_only_converts():
         {"image": image, "mask": np.ones((2, 8, 8, 1), np.uint8), "weight": np.ones(2)},
     )
     np.testing.assert_allclose(np.asarray(out["image"]), 0.2)
+
+
+def test_intensity_jitter_ranges_and_mask_untouched():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lesionjax.data import augment
+
+    cfg = augment.AugmentConfig(brightness=(0.8, 1.2), contrast=(0.8, 1.2), gamma=(0.7, 1.5))
+    assert cfg.intensity and not augment.AugmentConfig().intensity
+    image = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.8, (16, 16, 2)), jnp.float32)
+    outs = [augment.random_intensity(jax.random.key(i), image, cfg) for i in range(20)]
+    for out in outs:
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        # Monotone per sample: brightness, contrast and gamma preserve the order of intensities.
+        a, b = np.asarray(image).ravel(), np.asarray(out).ravel()
+        order = np.argsort(a)
+        assert np.all(np.diff(b[order]) >= -1e-6)
+    means = [float(o.mean()) for o in outs]
+    assert max(means) - min(means) > 0.05  # the factors really vary between samples
+    # Off: the augmentation leaves intensities alone (identity affine too).
+    off = augment.AugmentConfig(translate=0.0, rotate_deg=0.0, scale=(1.0, 1.0), flip_prob=0.0)
+    mask = jnp.zeros((16, 16, 1)).at[4:8, 4:8].set(1.0)
+    img2, mask2 = augment.augment_example(jax.random.key(1), image, mask, off)
+    np.testing.assert_allclose(np.asarray(img2), np.asarray(image), atol=1e-5)
+    on = augment.AugmentConfig(
+        translate=0.0, rotate_deg=0.0, scale=(1.0, 1.0), flip_prob=0.0, brightness=(0.5, 0.5)
+    )
+    img3, mask3 = augment.augment_example(jax.random.key(1), image, mask, on)
+    np.testing.assert_allclose(np.asarray(img3), 0.5 * np.asarray(image), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(mask3), np.asarray(mask))

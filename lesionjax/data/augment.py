@@ -4,6 +4,11 @@ One random affine per sample (translate, rotate, scale, horizontal flip) is appl
 mask through the same inverse coordinate map, so they stay aligned: the image is resampled
 bilinearly, the mask nearest-neighbour. Slices are (H, W) = (X, Y) in RAS voxel order, so the
 horizontal (left-right) flip reverses axis 0.
+
+Optional intensity augmentation (off by default: CT windows are absolute HU; useful for MRI, whose
+intensities vary between scanners and patients), per sample and before the affine, on the [0, 1]
+image: brightness (multiply), contrast (scale about the sample's mean), then gamma, each factor
+uniform in its range, with clipping to [0, 1] (nnU-Net uses the same three).
 """
 
 from __future__ import annotations
@@ -25,6 +30,26 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)  # isotropic, uniform
     flip_prob: float = 0.5  # left-right flip
     enabled: bool = True
+    brightness: tuple[float, float] = (1.0, 1.0)  # multiplicative factor range
+    contrast: tuple[float, float] = (1.0, 1.0)  # factor about the mean
+    gamma: tuple[float, float] = (1.0, 1.0)  # x ** gamma
+
+    @property
+    def intensity(self) -> bool:
+        return any(tuple(r) != (1.0, 1.0) for r in (self.brightness, self.contrast, self.gamma))
+
+
+def random_intensity(key: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.Array:
+    """image (H, W, C) in [0, 1] -> brightness, contrast and gamma jitter, clipped to [0, 1]."""
+    k_b, k_c, k_g = jax.random.split(key, 3)
+
+    def factor(k, bounds):
+        return jax.random.uniform(k, (), minval=bounds[0], maxval=bounds[1])
+
+    image = image * factor(k_b, cfg.brightness)
+    mean = image.mean()
+    image = jnp.clip((image - mean) * factor(k_c, cfg.contrast) + mean, 0.0, 1.0)
+    return image ** factor(k_g, cfg.gamma)
 
 
 def random_affine(key: jax.Array, shape: tuple[int, int], cfg: AugmentConfig):
@@ -63,6 +88,9 @@ def warp(image: jax.Array, matrix: jax.Array, offset: jax.Array, *, order: int) 
 
 def augment_example(key: jax.Array, image: jax.Array, mask: jax.Array, cfg: AugmentConfig):
     """image (H, W, C) float, mask (H, W, 1) float -> the same transform applied to both."""
+    if cfg.intensity:
+        key, k_i = jax.random.split(key)
+        image = random_intensity(k_i, image, cfg)
     matrix, offset = random_affine(key, image.shape[:2], cfg)
     return warp(image, matrix, offset, order=1), warp(mask, matrix, offset, order=0)
 

@@ -97,6 +97,9 @@ def augment_config(config) -> augment_lib.AugmentConfig:
         scale=tuple(a.scale),
         flip_prob=a.flip_prob,
         enabled=a.enabled,
+        brightness=tuple(a.brightness),
+        contrast=tuple(a.contrast),
+        gamma=tuple(a.gamma),
     )
 
 
