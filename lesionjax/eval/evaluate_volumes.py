@@ -1,5 +1,10 @@
 """Evaluate a trained model on held-out volumes: predict every slice, reassemble each volume,
-compute per-volume metrics, and write ``eval/summary.json``, per-volume tables and the report."""
+compute per-volume metrics, and write ``eval/summary.json``, per-volume tables and the report.
+
+Per-volume dicts carry ``"subtypes"``: the ICH subtypes present in the volume (from the shard
+manifest's per-slice labels, a volume belongs to every subtype of any of its slices), joined with
+";" so that the JSON and CSV files hold the same text ("" when none or unlabelled).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,39 @@ import jax
 import numpy as np
 
 from lesionjax.atomic import atomic_write_text
+from lesionjax.data.labels import SLICE_LABELS, SUBTYPES
 from lesionjax.data.pipeline import ShardSet
 from lesionjax.eval.inference import VolumePredictor
 from lesionjax.eval.metrics import summarize, volume_metrics
 from lesionjax.eval.report import read_metrics_log, write_report
+
+
+def slice_subtype_labels(shards: ShardSet, case_id: str) -> np.ndarray:
+    """(Z, len(SUBTYPES)) bool per-slice subtype flags of a volume, from the manifest.
+
+    The manifest's ``slice_labels`` names its columns (SLICE_LABELS order: "any", then the
+    subtypes); a manifest without per-slice labels gives all False.
+    """
+    entry = shards.volume(case_id)
+    columns = list(shards.manifest.get("slice_labels", SLICE_LABELS))
+    labels = np.asarray(entry.get("slice_labels", []), np.uint8)
+    out = np.zeros((entry["n_slices"], len(SUBTYPES)), bool)
+    if labels.size:
+        if labels.shape != (entry["n_slices"], len(columns)):
+            raise ValueError(
+                f"{shards.root / 'manifest.json'}: {case_id}: slice_labels shape {labels.shape} "
+                f"!= ({entry['n_slices']}, {len(columns)})"
+            )
+        for k, name in enumerate(SUBTYPES):
+            if name in columns:
+                out[:, k] = labels[:, columns.index(name)] > 0
+    return out
+
+
+def case_subtypes(shards: ShardSet, case_id: str) -> list[str]:
+    """The subtypes present in any slice of the volume, in SUBTYPES order."""
+    present = slice_subtype_labels(shards, case_id).any(axis=0)
+    return [name for name, p in zip(SUBTYPES, present, strict=True) if p]
 
 
 def _overlay_example(case_id: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> dict:
@@ -59,7 +93,10 @@ def evaluate_cases(
         gt = vol["mask"] > 0
         entry = shards.volume(case_id)
         metrics = volume_metrics(pred, gt, spacing=entry["shard_spacing"])
-        per_volume.append({"case_id": case_id, "fold": entry["fold"], **metrics})
+        subtypes = ";".join(case_subtypes(shards, case_id))
+        per_volume.append(
+            {"case_id": case_id, "fold": entry["fold"], "subtypes": subtypes, **metrics}
+        )
         if n_overlays <= 0:
             continue
         if gt.any():
@@ -76,6 +113,78 @@ def evaluate_cases(
     if len(chosen) < n_overlays:
         chosen = candidates[:n_overlays]
     return per_volume, [example for _, example in chosen[:n_overlays]]
+
+
+def select_feature_slices(
+    shards: ShardSet, case_ids: Sequence[str], *, max_slices: int = 400, seed: int = 0
+) -> list[tuple[str, int]]:
+    """(case id, z) of the slices whose features a t-SNE plot shows.
+
+    Up to ``max_slices // 2`` lesion slices and as many lesion-free slices of the volumes
+    (seeded draws when there are more), sorted by case and z: a bounded t-SNE cost, and neither
+    class swamps the embedding.
+    """
+    lesion, normal = [], []
+    for case_id in case_ids:
+        entry = shards.volume(case_id)
+        is_lesion = np.zeros(entry["n_slices"], bool)
+        is_lesion[entry["lesion_slices"]] = True
+        lesion += [(case_id, int(z)) for z in np.flatnonzero(is_lesion)]
+        normal += [(case_id, int(z)) for z in np.flatnonzero(~is_lesion)]
+    rng = np.random.default_rng(seed)
+    n_lesion = min(len(lesion), max_slices // 2)
+    n_normal = min(len(normal), max_slices // 2)
+    picked = [lesion[i] for i in rng.choice(len(lesion), n_lesion, replace=False)]
+    picked += [normal[i] for i in rng.choice(len(normal), n_normal, replace=False)]
+    order = {c: i for i, c in enumerate(case_ids)}
+    return sorted(picked, key=lambda s: (order[s[0]], s[1]))
+
+
+def make_features_fn(graphdef):
+    """``features(state, image (B, H, W, C) float) -> (B, C_bottleneck, 1)``: global-average
+    pooled bottleneck activations (eval mode), shaped for `VolumePredictor` (which drops the
+    last axis)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    def features(state, image):
+        model = nnx.merge(graphdef, state.params, state.model_state)
+        pooled = jnp.mean(model.bottleneck_features(image).astype(jnp.float32), axis=(1, 2))
+        return pooled[..., None]
+
+    return features
+
+
+def slice_features(
+    extractor: VolumePredictor, state, shards: ShardSet, slices: Sequence[tuple[str, int]]
+) -> dict[str, np.ndarray]:
+    """Bottleneck features and labels of the given (case id, z) slices.
+
+    ``extractor``: a `VolumePredictor` built on `make_features_fn`. Returns {"features": (N, C)
+    float32, "lesion": (N,) bool, "subtypes": (N, len(SUBTYPES)) bool}.
+    """
+    from lesionjax.data import records
+
+    source = shards.source()
+    images, lesion, subtypes = [], [], []
+    for case_id, z in slices:
+        entry = shards.volume(case_id)
+        record = records.decode_record(source[entry["record_offset"] + z])
+        images.append(record["image"])
+        lesion.append(bool(record["mask"].any()))
+        subtypes.append(slice_subtype_labels(shards, case_id)[z])
+    if not images:
+        return {
+            "features": np.zeros((0, 0), np.float32),
+            "lesion": np.zeros(0, bool),
+            "subtypes": np.zeros((0, len(SUBTYPES)), bool),
+        }
+    features = extractor.predict_slices(state, np.stack(images))
+    return {
+        "features": np.asarray(features, np.float32),
+        "lesion": np.asarray(lesion),
+        "subtypes": np.stack(subtypes),
+    }
 
 
 def _per_volume_csv(per_volume: Sequence[dict]) -> str:
@@ -95,13 +204,20 @@ def write_evaluation(
     split: str,
     extra: dict | None = None,
     title: str = "lesionjax evaluation",
+    out_dir: str | Path | None = None,
+    features: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Writes eval/summary.json, eval/per_volume.{json,csv} and eval/report.md (+ PNGs).
 
     ``summary.json`` holds ``mean_dice`` = mean volume Dice over the split's lesion volumes,
-    ``n_volumes``, ``n_lesion_volumes`` and the full mean ± std tables.
+    ``n_volumes``, ``n_lesion_volumes`` and the full mean ± std tables. The report has the
+    training curves (from ``workdir/metrics.jsonl`` when present), overlays, per-volume Dice box
+    plots by ICH subtype and, with ``features`` (a `slice_features` result), a t-SNE plot.
+    ``out_dir`` defaults to ``workdir/eval``.
     """
-    out = Path(workdir) / "eval"
+    from lesionjax.eval import figures
+
+    out = Path(out_dir) if out_dir is not None else Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(per_volume)
     result = {
@@ -116,7 +232,36 @@ def write_evaluation(
     atomic_write_text(out / "summary.json", json.dumps(result, indent=1) + "\n")
     atomic_write_text(out / "per_volume.json", json.dumps(per_volume, indent=1) + "\n")
     atomic_write_text(out / "per_volume.csv", _per_volume_csv(per_volume))
-    history = read_metrics_log(Path(workdir) / "metrics.jsonl")
+    log = Path(workdir) / "metrics.jsonl"
+    history = read_metrics_log(log) if log.exists() else []
+    extra_figures = []
+    if per_volume:
+        boxplot = figures.plot_metric_boxplots(
+            {"prediction": per_volume}, out / "dice_boxplot.png", metric="dice"
+        )
+        extra_figures.append(
+            (
+                "Dice by ICH subtype",
+                boxplot,
+                "Per-volume Dice; a volume counts in every subtype "
+                "it contains; n = volumes per box.",
+            )
+        )
+    if features is not None:
+        tsne = figures.plot_tsne(
+            features["features"],
+            features["lesion"],
+            out / "tsne.png",
+            subtype_labels=features["subtypes"],
+        )
+        extra_figures.append(
+            (
+                "t-SNE of bottleneck features",
+                tsne,
+                "Global-average-pooled deepest encoder features of a balanced sample of the "
+                "evaluated volumes' lesion and lesion-free slices (counts in the legends).",
+            )
+        )
     report = write_report(
         out,
         summary=summary,
@@ -124,6 +269,7 @@ def write_evaluation(
         history=history,
         overlay_examples=overlay_examples,
         title=title,
+        figures=extra_figures,
     )
     result["report"] = str(report)
     return result

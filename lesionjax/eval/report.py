@@ -28,6 +28,8 @@ import numpy as np
 from lesionjax.eval.metrics import format_summary_table, overlap_metrics
 
 CURVE_METRICS = ("loss", "dice", "iou", "precision", "recall", "auc", "lr")
+# Panels drawn even when the log lacks them ("not logged"), so a reader sees what was not tracked.
+REQUIRED_CURVES = ("loss", "dice", "auc", "precision", "recall", "lr")
 PER_VOLUME_COLUMNS = ("dice", "iou", "precision", "recall", "gt_ml", "pred_ml")
 # Colour-blind-safe (Okabe-Ito) colours for prediction contours; ground truth is always green.
 GT_COLOUR = "#00d455"
@@ -133,7 +135,11 @@ def _smooth(values: np.ndarray) -> np.ndarray | None:
 
 
 def plot_training_curves(
-    history: Sequence[Mapping], path: str | os.PathLike, *, metrics: Sequence[str] = CURVE_METRICS
+    history: Sequence[Mapping],
+    path: str | os.PathLike,
+    *,
+    metrics: Sequence[str] = CURVE_METRICS,
+    required: Sequence[str] = REQUIRED_CURVES,
 ) -> Path:
     """Draws one subplot per metric in ``metrics`` found in ``history``, train and val as lines.
 
@@ -143,14 +149,17 @@ def plot_training_curves(
         else "step", else the record's position.
       path: the PNG to write (atomically); parent folders are created.
       metrics: which keys to plot, in this order.
+      required: keys of ``metrics`` that get a panel even when absent from the history; it says
+        "not logged".
 
     Returns:
       ``Path(path)``. An empty history writes a figure saying "no data".
     """
     history = list(history)
-    present = [m for m in metrics if any(_is_number(r.get(m)) for r in history)]
-    if not present:
+    logged = {m for m in metrics if any(_is_number(r.get(m)) for r in history)}
+    if not logged:
         return _save_figure(_message_figure("no data"), path)
+    present = [m for m in metrics if m in logged or m in required]
     if all(_is_number(r.get("epoch")) for r in history):
         x_key = "epoch"
     elif all(_is_number(r.get("step")) for r in history):
@@ -167,6 +176,21 @@ def plot_training_curves(
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         splits = list(dict.fromkeys(str(r.get("split", "train")) for r in history))
         for ax, metric in zip(axes, present, strict=False):
+            if metric not in logged:
+                ax.text(
+                    0.5,
+                    0.5,
+                    "not logged",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=13,
+                    color="0.45",
+                )
+                ax.set_title(metric)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
             for j, split in enumerate(splits):
                 points = [
                     (r[x_key] if x_key else i, r[metric])
@@ -360,6 +384,7 @@ def write_report(
     history: Sequence[Mapping],
     overlay_examples: Sequence[Mapping],
     title: str = "lesionjax evaluation",
+    figures: Sequence[tuple[str, str | os.PathLike, str]] = (),
 ) -> Path:
     """Writes ``out_dir/report.md`` with ``training_curves.png`` and ``overlays.png`` beside it.
 
@@ -370,6 +395,8 @@ def write_report(
       history: training records for `plot_training_curves`.
       overlay_examples: examples for `plot_overlays`.
       title: the report's heading.
+      figures: more figures already written into ``out_dir``, as (heading, file, caption); each
+        gets its own section after the overlays.
 
     Returns:
       The path of report.md.
@@ -394,6 +421,146 @@ def write_report(
             "## Prediction overlays\n",
             "Anterior up, patient right on the right; green: ground truth.\n",
             f"![prediction overlays]({overlays.name})\n",
+            *_figure_sections(figures),
         ]
     )
     return _write_atomic(out_dir / "report.md", lambda f: f.write(text.encode("utf-8")))
+
+
+def _figure_sections(figures: Sequence[tuple[str, str | os.PathLike, str]]) -> list[str]:
+    out = []
+    for heading, file, caption in figures:
+        out.append(f"## {heading}\n")
+        if caption:
+            out.append(caption.rstrip() + "\n")
+        out.append(f"![{heading}]({Path(file).name})\n")
+    return out
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_comparison(
+    out_dir: str | os.PathLike,
+    methods: Mapping[str, Sequence[Mapping]],
+    *,
+    metric: str = "dice",
+    overlay_examples: Sequence[Mapping] | None = None,
+    sources: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+    title: str = "lesionjax comparison",
+) -> dict[str, Path]:
+    """Writes the multi-method comparison of per-volume results into ``out_dir``.
+
+    Files: ``table.md`` (mean ± std of every metric per method, over all volumes and over lesion
+    volumes), ``table_all.csv``, ``table_lesion.csv``, ``welch_tests.md`` and
+    ``welch_tests.csv`` (Welch's two-sided t-test for every pair of methods, metric and volume
+    group), ``boxplots.png`` (``metric`` per volume group and subtype), ``p_values.png`` (the
+    ``metric``'s p-values, all and lesion volumes), ``overlays.png`` (when ``overlay_examples``
+    is given) and ``report.md`` holding all of them.
+
+    Args:
+      out_dir: the output folder (created).
+      methods: {method name: per-volume dicts (``eval/per_volume.json``)}, at least two, over the
+        same case ids.
+      metric: the metric of the box plots and the heatmap; must be a numeric per-volume key.
+      overlay_examples: examples for `figures.plot_model_overlays`, or None to leave them out.
+      sources: {method name: where its results came from}, listed in the report.
+      notes: extra lines for the report (e.g. why overlays are missing).
+      title: the report's heading.
+
+    Returns:
+      {file name without extension: path} of every file written.
+
+    Raises:
+      ValueError: fewer than two methods, different volume sets, or an unknown ``metric``.
+    """
+    from lesionjax.eval import figures, stats
+
+    if len(methods) < 2:
+        raise ValueError(f"a comparison needs at least two methods, got {len(methods)}")
+    stats.check_same_volumes(methods, sources)
+    keys = stats.metric_keys(*methods.values())
+    if metric not in keys:
+        raise ValueError(f"metric {metric!r} is not in the per-volume results (have: {keys})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    table_md = []
+    for group in stats.GROUPS:
+        rows = stats.comparison_table(methods, keys, group=group, counts=True)
+        written[f"table_{group}"] = _write_text(
+            out_dir / f"table_{group}.csv", stats.rows_csv(rows)
+        )
+        label = "All volumes" if group == "all" else "Lesion volumes (non-empty ground truth)"
+        table_md += [f"### {label}\n", stats.table_markdown(rows, keys)]
+    table_text = "\n".join(table_md)
+    written["table"] = _write_text(out_dir / "table.md", table_text)
+
+    tests = []
+    for group in stats.GROUPS:
+        grouped = {name: stats.group_volumes(pv, group) for name, pv in methods.items()}
+        tests += [{"group": group, **row} for row in stats.welch_tests(grouped, keys)]
+    written["welch_tests"] = _write_text(out_dir / "welch_tests.csv", stats.rows_csv(tests))
+    welch_text = stats.welch_markdown(tests)
+    _write_text(out_dir / "welch_tests.md", welch_text)
+
+    names = list(methods)
+    written["boxplots"] = figures.plot_metric_boxplots(
+        methods, out_dir / "boxplots.png", metric=metric
+    )
+    panels = {}
+    for group in stats.GROUPS:
+        rows = [r for r in tests if r["group"] == group]
+        n = len(stats.group_volumes(next(iter(methods.values())), group))
+        label = "all volumes" if group == "all" else "lesion volumes"
+        panels[f"{label} (n={n})"] = stats.p_value_matrix(rows, metric, names)
+    written["p_values"] = figures.plot_p_value_heatmap(
+        panels, names, out_dir / "p_values.png", metric=metric
+    )
+    sections = []
+    if overlay_examples is not None:
+        written["overlays"] = figures.plot_model_overlays(
+            overlay_examples, out_dir / "overlays.png"
+        )
+        sections.append(
+            (
+                "Prediction overlays",
+                written["overlays"],
+                "Anterior up, patient right on the right; green: ground truth (dashed over "
+                "each model's prediction).",
+            )
+        )
+
+    n_volumes = len(next(iter(methods.values())))
+    source_lines = [
+        f"- **{name}**: {sources[name] if sources and name in sources else '(given)'}"
+        for name in names
+    ]
+    text = "\n".join(
+        [
+            f"# {title}\n",
+            f"{len(names)} methods on the same {n_volumes} volumes.\n",
+            *source_lines,
+            "",
+            *[f"{line}\n" for line in notes],
+            "## Summary tables\n",
+            "Mean ± population standard deviation (ddof=0) of per-volume metrics; (n=k): NaN "
+            "values (undefined on some volumes) were left out. Also in `table_all.csv` and "
+            "`table_lesion.csv`.\n",
+            table_text,
+            "## Per-volume distributions\n",
+            f"![{metric} box plots]({written['boxplots'].name})\n",
+            "## Welch t-tests\n",
+            "Two-sided, unequal variances, every pair of methods (volumes are not treated as "
+            "matched); bold: p < 0.05, not corrected for multiple comparisons. Also in "
+            "`welch_tests.csv`.\n",
+            f"![p-values]({written['p_values'].name})\n",
+            welch_text,
+            *_figure_sections(sections),
+        ]
+    )
+    written["report"] = _write_text(out_dir / "report.md", text)
+    return written

@@ -331,6 +331,16 @@ class UNet2D(nnx.Module):
         x = self.decoder(skips.pop(), skips[::-1], train=train)
         return self.head(x)
 
+    def bottleneck_features(self, x: jax.Array) -> jax.Array:
+        """Eval-mode output of the deepest encoder level (the bottleneck), for feature plots.
+
+        x: (B, H, W, in_channels) -> (B, H / 2**(L-1), W / 2**(L-1), features[-1]).
+        """
+        _check_input(x, self.in_channels, len(self.features))
+        for level, block in enumerate(self.encoder):
+            x = block(max_pool_2x2(x) if level > 0 else x, train=False)
+        return x
+
 
 class ResUNet2D(nnx.Module):
     """Residual 2D U-Net of method 1 (stroke on T1 MRI).
@@ -396,6 +406,16 @@ class ResUNet2D(nnx.Module):
         x = self.bottleneck(max_pool_2x2(x), train=train)
         x = self.decoder(x, skips[::-1], train=train)
         return self.head(x)
+
+    def bottleneck_features(self, x: jax.Array) -> jax.Array:
+        """Eval-mode output of the bottleneck (deepest level), for feature plots.
+
+        x: (B, H, W, in_channels) -> (B, H / 2**(L-1), W / 2**(L-1), features[-1]).
+        """
+        _check_input(x, self.in_channels, len(self.features))
+        for block in self.encoder:
+            x = block(x, train=False, rngs=None)
+        return self.bottleneck(max_pool_2x2(x), train=False)
 
 
 _MODELS = {"unet2d": UNet2D, "resunet2d": ResUNet2D}

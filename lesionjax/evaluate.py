@@ -1,0 +1,584 @@
+"""Re-evaluate a trained run, or compare several runs.
+
+    python -m lesionjax.evaluate --workdir DIR [--split test] [--step N] [--threshold T]
+    python -m lesionjax.evaluate --compare DIR1 DIR2 ... --out OUTDIR [--names a,b] [--metric dice]
+
+``--workdir`` restores a run from its checkpoint (the best one by validation Dice, or ``--step``),
+predicts the split's volumes again and rewrites ``DIR/eval/`` (``eval_<split>/`` for a split other
+than the config's): summary.json, per_volume.{json,csv}, report.md with training curves,
+overlays, Dice box plots by ICH subtype and a t-SNE of bottleneck features.
+
+``--compare`` reads each run's ``eval/per_volume.json`` (a run folder or its eval folder) and
+writes into OUTDIR the mean ± std tables (markdown + CSV), Welch t-tests (markdown + CSV), box
+plots, a p-value heatmap and side-by-side overlays. Metrics come from the saved per-volume
+results, so they are exactly the numbers each run reported; the overlays re-predict a few
+slices from each run's checkpoint (only the overlays need checkpoints and shards, and a run
+without them is left out of that figure with a note). Every run must have been evaluated on the
+same volumes.
+
+Bad input (no config, no checkpoint, no results, different volume sets) ends with one line
+``error: ...`` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class EvaluationError(Exception):
+    """A run folder or a comparison cannot be evaluated; the message names the file and why."""
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run restored from its workdir, ready to predict."""
+
+    workdir: Path
+    config: object  # ml_collections.ConfigDict
+    shards: object  # pipeline.ShardSet
+    state: object  # step.TrainState (replicated)
+    step: int
+    best_val_dice: float | None
+    graphdef: object
+    mesh: object
+    state_sharding: object
+    predictor: object  # inference.VolumePredictor
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def load_config(workdir: Path):
+    """The run's saved config (``workdir/config.json``, written by the main job)."""
+    import ml_collections
+
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise EvaluationError(f"{workdir}: no such run folder")
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise EvaluationError(
+            f"{path}: not found; {workdir} is not a lesionjax run folder (train one with "
+            "python -m lesionjax.main --config ... --workdir DIR)"
+        )
+    try:
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EvaluationError(f"{path}: not a JSON config ({err})") from None
+    for key in ("task", "model", "data", "eval", "optim"):
+        if key not in config:
+            raise EvaluationError(f"{path}: no {key!r} section; not a lesionjax run config")
+    return config
+
+
+def _checkpoint_manager(ckpt_dir: Path):
+    """A read-only Orbax manager over the trainer's checkpoints (best = highest val_dice)."""
+    import orbax.checkpoint as ocp
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns that a read-only manager is read-only
+    try:
+        return ocp.CheckpointManager(
+            ckpt_dir,
+            options=ocp.CheckpointManagerOptions(
+                best_fn=lambda m: m["val_dice"],
+                best_mode="max",
+                read_only=True,
+                create=False,
+                save_interval_steps=0,
+            ),
+            item_names=("state", "data"),
+        )
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
+    """Restores a run: config, shards, model state at ``step`` (default: the best checkpoint by
+    validation Dice, or the latest when none has a validation score) and a predictor."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from lesionjax.data import pipeline
+    from lesionjax.data.prepare import shards_dir
+    from lesionjax.eval.inference import VolumePredictor
+    from lesionjax.train import step as step_lib
+    from lesionjax.train.trainer import make_mesh, make_model_fn
+
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    if config.task != "segment2d":
+        raise EvaluationError(f"{workdir / 'config.json'}: task {config.task!r} has no evaluation")
+    ckpt_dir = (workdir / "checkpoints").absolute()
+    steps = sorted(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit() and p.is_dir())
+    if not steps:
+        raise EvaluationError(
+            f"{ckpt_dir}: no checkpoint; train the run first (python -m lesionjax.main "
+            f"--config ... --workdir {workdir})"
+        )
+    try:
+        shards = pipeline.ShardSet.load(shards_dir(config, workdir))
+    except (FileNotFoundError, ValueError) as err:
+        raise EvaluationError(str(err)) from None
+
+    import orbax.checkpoint as ocp
+
+    manager = _checkpoint_manager(ckpt_dir)
+    try:
+        if step is None:
+            best = manager.best_step()
+            metrics = manager.metrics(best) if best is not None else None
+            step = best if metrics else manager.latest_step()
+        elif step not in manager.all_steps():
+            raise EvaluationError(
+                f"{ckpt_dir}: no checkpoint at step {step} (have: "
+                f"{', '.join(map(str, manager.all_steps()))})"
+            )
+        metrics = manager.metrics(step)
+        best_val = float(metrics["val_dice"]) if metrics and "val_dice" in metrics else None
+
+        mesh = make_mesh()
+        tx, _ = step_lib.make_optimizer(
+            config.optim.lr,
+            1,  # the schedule's values do not change the optimizer state's structure
+            decay_rate=config.optim.decay_rate,
+            weight_decay=config.optim.weight_decay,
+        )
+        graphdef, init_fn = step_lib.make_init_fn(make_model_fn(config, shards.n_channels), tx)
+        abstract = jax.eval_shape(init_fn, jax.random.key(0))
+        replicated = NamedSharding(mesh, P())
+        state_sharding = jax.tree.map(lambda _: replicated, abstract)
+        target = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            abstract,
+            state_sharding,
+        )
+        try:
+            state = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )["state"]
+        except (ValueError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EvaluationError(
+                f"{ckpt_dir / str(step)}: checkpoint does not match the model of "
+                f"{workdir / 'config.json'} ({first})"
+            ) from None
+    finally:
+        manager.close()
+    predictor = VolumePredictor(
+        step_lib.make_predict_fn(graphdef),
+        mesh,
+        state_sharding,
+        batch_size=config.eval.batch_size,
+    )
+    return Run(
+        workdir=workdir,
+        config=config,
+        shards=shards,
+        state=state,
+        step=int(step),
+        best_val_dice=best_val,
+        graphdef=graphdef,
+        mesh=mesh,
+        state_sharding=state_sharding,
+        predictor=predictor,
+    )
+
+
+def eval_dir(run: Run, split: str) -> Path:
+    """``workdir/eval`` for the config's evaluation split, ``workdir/eval_<split>`` otherwise."""
+    return run.workdir / ("eval" if split == run.config.eval.split else f"eval_{split}")
+
+
+def reevaluate(
+    workdir: str | Path,
+    *,
+    split: str | None = None,
+    step: int | None = None,
+    threshold: float | None = None,
+    tsne_slices: int = 400,
+    progress: bool = True,
+) -> dict:
+    """Re-evaluates a trained run from its checkpoint and rewrites its eval folder and report.
+
+    Returns the summary written to ``<eval folder>/summary.json`` (with "report" added).
+    """
+    import jax
+
+    from lesionjax.data import pipeline
+    from lesionjax.eval.evaluate_volumes import (
+        evaluate_cases,
+        make_features_fn,
+        select_feature_slices,
+        slice_features,
+        write_evaluation,
+    )
+    from lesionjax.eval.inference import VolumePredictor
+
+    t0 = time.perf_counter()
+    run = load_run(workdir, step=step)
+    config = run.config
+    split = split or config.eval.split
+    threshold = config.eval.threshold if threshold is None else float(threshold)
+    try:
+        case_ids = pipeline.split_case_ids(run.shards, config.data.test_fold, config.data.val_fold)
+    except ValueError as err:
+        raise EvaluationError(f"{run.workdir / 'config.json'}: {err}") from None
+    if split not in case_ids:
+        raise EvaluationError(f"unknown split {split!r}; expected one of {sorted(case_ids)}")
+    case_ids = case_ids[split]
+    if not case_ids:
+        raise EvaluationError(
+            f"{run.shards.root / 'manifest.json'}: no volumes in the {split!r} split"
+        )
+
+    per_volume, overlays = evaluate_cases(
+        run.predictor,
+        run.state,
+        run.shards,
+        case_ids,
+        threshold=threshold,
+        n_overlays=config.eval.n_overlays,
+        progress=progress,
+    )
+    features = None
+    if tsne_slices > 0:
+        extractor = VolumePredictor(
+            make_features_fn(run.graphdef),
+            run.mesh,
+            run.state_sharding,
+            batch_size=config.eval.batch_size,
+        )
+        slices = select_feature_slices(run.shards, case_ids, max_slices=tsne_slices)
+        features = slice_features(extractor, run.state, run.shards, slices)
+    summary: dict = {}
+    if jax.process_index() == 0:
+        fold = {"test": config.data.test_fold, "val": config.data.val_fold}.get(split)
+        where = f"{split} fold {fold}" if fold is not None else split
+        summary = write_evaluation(
+            run.workdir,
+            per_volume,
+            overlays,
+            split=split,
+            out_dir=eval_dir(run, split),
+            features=features,
+            extra={
+                "checkpoint_step": run.step,
+                "best_val_dice": run.best_val_dice,
+                "threshold": threshold,
+                "evaluated_by": "lesionjax.evaluate",
+                "seconds": {"total": round(time.perf_counter() - t0, 1)},
+            },
+            title=f"lesionjax evaluation: {config.get('name', 'run')} ({where}, step {run.step})",
+        )
+    return summary
+
+
+# ------------------------------------------------------------------------------ comparison
+
+
+@dataclasses.dataclass
+class Results:
+    """One run's saved evaluation: where it is and what it holds."""
+
+    path: Path  # as given on the command line
+    eval_dir: Path
+    workdir: Path | None  # the run folder, when the results sit in one (for checkpoints)
+    per_volume: list[dict]
+    summary: dict
+
+
+def load_results(path: str | Path) -> Results:
+    """Reads a run's ``eval/per_volume.json`` (and summary.json) from a run or eval folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EvaluationError(f"{path}: no such folder")
+    if (path / "per_volume.json").is_file():
+        folder = path
+        workdir = path.parent if (path.parent / "config.json").is_file() else None
+    elif (path / "eval" / "per_volume.json").is_file():
+        folder, workdir = path / "eval", path
+    else:
+        raise EvaluationError(
+            f"{path}: no eval/per_volume.json; evaluate the run first "
+            f"(python -m lesionjax.evaluate --workdir {path})"
+        )
+    file = folder / "per_volume.json"
+    try:
+        per_volume = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EvaluationError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(per_volume, list) or not all(
+        isinstance(v, dict) and "case_id" in v for v in per_volume
+    ):
+        raise EvaluationError(f"{file}: expected a list of per-volume objects with a case_id")
+    if not per_volume:
+        raise EvaluationError(f"{file}: no volumes")
+    summary = {}
+    if (folder / "summary.json").is_file():
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise EvaluationError(f"{folder / 'summary.json'}: not valid JSON ({err})") from None
+    return Results(path, folder, workdir, per_volume, summary)
+
+
+def _method_names(results: Sequence[Results], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(results):
+            raise EvaluationError(
+                f"--names gives {len(names)} names for {len(results)} runs: {','.join(names)}"
+            )
+        if len(set(names)) != len(names) or not all(names):
+            raise EvaluationError(f"--names must be distinct and non-empty: {','.join(names)}")
+        return list(names)
+    base = [(r.workdir or r.eval_dir).name for r in results]
+    if len(set(base)) == len(base):
+        return base
+    return [str(r.path) for r in results]  # same folder names: the paths tell them apart
+
+
+def _add_missing_subtypes(results: Results) -> None:
+    """Results written before per-volume subtypes existed: read them from the run's manifest."""
+    if all("subtypes" in v for v in results.per_volume) or results.workdir is None:
+        return
+    from lesionjax.data import pipeline
+    from lesionjax.data.prepare import shards_dir
+    from lesionjax.eval.evaluate_volumes import case_subtypes
+
+    try:
+        shards = pipeline.ShardSet.load(shards_dir(load_config(results.workdir), results.workdir))
+        for v in results.per_volume:
+            v.setdefault("subtypes", ";".join(case_subtypes(shards, str(v["case_id"]))))
+    except (EvaluationError, FileNotFoundError, ValueError, KeyError):
+        pass  # no subtype groups in the box plots; the metrics are unaffected
+
+
+def _overlay_cases(methods: dict[str, list[dict]], n: int) -> list[str]:
+    """The n - 1 largest lesion volumes and the lesion-free volume with the most predicted
+    voxels over all methods (when any has false positives); the largest lesions otherwise."""
+    first = next(iter(methods.values()))
+    lesion = sorted(
+        (v for v in first if v.get("gt_voxels", 0) > 0), key=lambda v: -v.get("gt_voxels", 0)
+    )
+    false_pos: dict[str, float] = {}
+    for per_volume in methods.values():
+        for v in per_volume:
+            if v.get("gt_voxels", 0) == 0 and v.get("pred_voxels", 0) > 0:
+                false_pos[str(v["case_id"])] = (
+                    false_pos.get(str(v["case_id"]), 0) + v["pred_voxels"]
+                )
+    worst = sorted(false_pos, key=lambda c: -false_pos[c])[:1]
+    chosen = [str(v["case_id"]) for v in lesion[: max(1, n - len(worst))]] + worst
+    if len(chosen) < n:
+        chosen = [str(v["case_id"]) for v in lesion[:n]] + worst
+    return list(dict.fromkeys(chosen))[:n]
+
+
+def overlay_examples(
+    results: Sequence[Results], names: Sequence[str], n_overlays: int
+) -> tuple[list[dict] | None, list[str]]:
+    """Side-by-side overlay examples re-predicted from each run's evaluated checkpoint.
+
+    Returns (examples or None when no run could be restored, notes for the report). Each run
+    predicts from its own shards (its own windows) at its own threshold; the image and ground
+    truth shown come from the first restored run.
+    """
+    methods = {name: r.per_volume for name, r in zip(names, results, strict=True)}
+    cases = _overlay_cases(methods, n_overlays)
+    notes: list[str] = []
+    volumes: dict[str, dict] = {}  # case -> {"image", "gt", "pred": {name: (X, Y, Z)}}
+    for name, r in zip(names, results, strict=True):
+        if r.workdir is None:
+            notes.append(f"Overlays: {name} left out ({r.eval_dir} is not inside a run folder).")
+            continue
+        step = r.summary.get("checkpoint_step")
+        try:
+            try:
+                run = load_run(r.workdir, step=step)
+            except EvaluationError:
+                if step is None:
+                    raise
+                run = load_run(r.workdir)  # the evaluated step was deleted since: the best one
+                notes.append(
+                    f"Overlays: {name} re-predicted at step {run.step} (step {step}, which "
+                    "was evaluated, is no longer saved)."
+                )
+        except EvaluationError as err:
+            notes.append(f"Overlays: {name} left out ({err}).")
+            continue
+        threshold = float(r.summary.get("threshold", run.config.eval.threshold))
+        source = run.shards.source()
+        for case in cases:
+            try:
+                vol = run.shards.read_volume(case, source)
+            except KeyError:
+                notes.append(f"Overlays: {name} left out ({run.shards.root} has no {case}).")
+                break
+            if case not in volumes:
+                volumes[case] = {"image": vol["image"], "gt": vol["mask"] > 0, "pred": {}}
+            ref = volumes[case]
+            if vol["mask"].shape != ref["gt"].shape:
+                notes.append(
+                    f"Overlays: {name} left out (its shards hold {case} at "
+                    f"{vol['mask'].shape}, the first run's at {ref['gt'].shape})."
+                )
+                break
+            probs = run.predictor.predict_volume(run.state, vol["image"])
+            ref["pred"][name] = probs >= threshold
+        else:
+            continue
+        for ref in volumes.values():  # a run left out half-way: drop its partial predictions
+            ref["pred"].pop(name, None)
+    if not volumes or not any(ref["pred"] for ref in volumes.values()):
+        return None, notes
+    examples = []
+    for case in cases:
+        ref = volumes[case]
+        if ref["gt"].any():
+            area = ref["gt"].sum(axis=(0, 1))
+        else:
+            area = sum(p.sum(axis=(0, 1)) for p in ref["pred"].values())
+        z = int(np.argmax(area)) if np.any(area) else ref["gt"].shape[2] // 2
+        examples.append(
+            {
+                "image": ref["image"][:, :, z, 0].astype(np.float32) / 255.0,
+                "gt": ref["gt"][:, :, z],
+                "pred": {name: p[:, :, z] for name, p in ref["pred"].items()},
+                "title": f"{case} z={z}",
+            }
+        )
+    return examples, notes
+
+
+def compare(
+    dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    metric: str = "dice",
+    n_overlays: int = 4,
+) -> dict[str, Path]:
+    """Compares the saved evaluations of several runs; writes the comparison into ``out``.
+
+    Returns {file name without extension: path} (see `report.write_comparison`).
+    """
+    from lesionjax.eval import stats
+    from lesionjax.eval.report import write_comparison
+
+    if len(dirs) < 2:
+        raise EvaluationError(f"--compare needs at least two runs, got {len(dirs)}")
+    results = [load_results(d) for d in dirs]
+    names = _method_names(results, names)
+    methods = {name: r.per_volume for name, r in zip(names, results, strict=True)}
+    sources = {name: str(r.eval_dir) for name, r in zip(names, results, strict=True)}
+    try:
+        stats.check_same_volumes(methods, sources)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    splits = {r.summary.get("split") for r in results} - {None}
+    if len(splits) > 1:
+        raise EvaluationError(f"the runs were evaluated on different splits: {sorted(splits)}")
+    for r in results:
+        _add_missing_subtypes(r)
+    examples, notes = (None, ["Overlays: not drawn (--n-overlays 0)."])
+    if n_overlays > 0:
+        examples, notes = overlay_examples(results, names, n_overlays)
+    split = next(iter(splits), "evaluation")
+    try:
+        return write_comparison(
+            out,
+            methods,
+            metric=metric,
+            overlay_examples=examples,
+            sources=sources,
+            notes=notes,
+            title=f"lesionjax comparison ({split} volumes)",
+        )
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lesionjax.evaluate",
+        description="Re-evaluate a trained run from its checkpoint, or compare several runs.",
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--workdir", help="run folder to re-evaluate (written by lesionjax.main)")
+    mode.add_argument(
+        "--compare", nargs="+", metavar="DIR", help="run (or eval) folders to compare"
+    )
+    p.add_argument("--split", choices=("train", "val", "test"), help="default: the config's")
+    p.add_argument("--step", type=int, help="checkpoint step (default: best by val Dice)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: config)")
+    p.add_argument(
+        "--tsne-slices", type=int, default=400, help="slices in the t-SNE plot (0: none)"
+    )
+    p.add_argument("--out", help="--compare: output folder")
+    p.add_argument("--names", help="--compare: comma-separated method names, one per run")
+    p.add_argument("--metric", default="dice", help="--compare: metric of box plots and heatmap")
+    p.add_argument(
+        "--n-overlays", type=int, default=4, help="--compare: overlay rows (0: no overlays)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.compare and not args.out:
+        parser.error("--compare needs --out OUTDIR")
+    # grain reads absl flags; outside absl.app.run they must be marked parsed.
+    from absl import flags, logging
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    from lesionjax.distributed import initialize_from_env
+
+    initialize_from_env()  # before any JAX computation
+    import jax
+
+    try:
+        if args.workdir:
+            summary = reevaluate(
+                args.workdir,
+                split=args.split,
+                step=args.step,
+                threshold=args.threshold,
+                tsne_slices=args.tsne_slices,
+                progress=not args.no_progress,
+            )
+            if jax.process_index() == 0:
+                keys = ("split", "checkpoint_step", "mean_dice", "mean_dice_all", "n_volumes")
+                print(json.dumps({k: summary.get(k) for k in keys}))
+                print(f"report: {summary['report']}")
+        else:
+            names = args.names.split(",") if args.names else None
+            written = compare(
+                args.compare, args.out, names=names, metric=args.metric, n_overlays=args.n_overlays
+            )
+            print(f"report: {written['report']}")
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
