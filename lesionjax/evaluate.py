@@ -250,6 +250,7 @@ def reevaluate(
         threshold=threshold,
         n_overlays=config.eval.n_overlays,
         progress=progress,
+        auc=True,
     )
     features = None
     if tsne_slices > 0:

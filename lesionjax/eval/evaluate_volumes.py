@@ -77,10 +77,13 @@ def evaluate_cases(
     threshold: float = 0.5,
     n_overlays: int = 4,
     progress: bool = True,
+    auc: bool = False,
+    surface: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Per-volume metrics (at shard resolution, spacing in mm from the manifest) and overlay
     examples: the lesion volumes with the largest lesions and the lesion-free volume with the
-    most false-positive voxels (if any)."""
+    most false-positive voxels (if any). ``auc``: also the voxel ROC AUC of the probabilities;
+    ``surface=False`` skips the surface distances (validation during training)."""
     from tqdm import tqdm
 
     source = shards.source()
@@ -92,7 +95,13 @@ def evaluate_cases(
         pred = probs >= threshold
         gt = vol["mask"] > 0
         entry = shards.volume(case_id)
-        metrics = volume_metrics(pred, gt, spacing=entry["shard_spacing"])
+        metrics = volume_metrics(
+            pred,
+            gt,
+            spacing=entry["shard_spacing"],
+            prob=probs if auc else None,
+            surface=surface,
+        )
         subtypes = ";".join(case_subtypes(shards, case_id))
         per_volume.append(
             {"case_id": case_id, "fold": entry["fold"], "subtypes": subtypes, **metrics}

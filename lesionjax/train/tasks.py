@@ -53,6 +53,7 @@ def run_segmentation(config, workdir: Path) -> dict:
         threshold=config.eval.threshold,
         n_overlays=config.eval.n_overlays,
         progress=progress,
+        auc=True,
     )
     summary = {}
     if is_main:

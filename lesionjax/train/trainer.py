@@ -128,16 +128,36 @@ class MetricsLog:
 
 
 def validate(predictor: VolumePredictor, state, shards, case_ids, threshold: float) -> dict:
-    """Mean volume Dice over the validation volumes with lesions ("dice") and over all of them
-    ("dice_all", where an empty prediction of a lesion-free volume scores 1)."""
+    """Validation metrics for the training log: mean volume Dice, precision and recall over the
+    validation volumes with lesions ("dice", ...), Dice over all of them ("dice_all", where an
+    empty prediction of a lesion-free volume scores 1), and the mean voxel ROC AUC over the
+    volumes where it is defined (both classes present)."""
     per_volume, _ = evaluate_cases(
-        predictor, state, shards, case_ids, threshold=threshold, n_overlays=0, progress=False
+        predictor,
+        state,
+        shards,
+        case_ids,
+        threshold=threshold,
+        n_overlays=0,
+        progress=False,
+        auc=True,
+        surface=False,
     )
-    dices = [v["dice"] for v in per_volume]
-    lesion_dices = [v["dice"] for v in per_volume if v["gt_voxels"] > 0]
+
+    def mean(key: str, lesion_only: bool) -> float:
+        values = [
+            v[key]
+            for v in per_volume
+            if (v["gt_voxels"] > 0 or not lesion_only) and math.isfinite(v.get(key, math.nan))
+        ]
+        return float(np.mean(values)) if values else float("nan")
+
     return {
-        "dice": float(np.mean(lesion_dices)) if lesion_dices else float("nan"),
-        "dice_all": float(np.mean(dices)) if dices else float("nan"),
+        "dice": mean("dice", True),
+        "dice_all": mean("dice", False),
+        "precision": mean("precision", True),
+        "recall": mean("recall", True),
+        "auc": mean("auc", True),
     }
 
 
