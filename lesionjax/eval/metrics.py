@@ -56,7 +56,9 @@ import numpy as np
 from lesionjax.eval.surface import SURFACE_KEYS, bounding_box, surface_metrics
 
 OVERLAP_KEYS = ("dice", "iou", "precision", "recall")
-SUMMARY_KEYS = OVERLAP_KEYS + tuple(f"{k}_eps1" for k in OVERLAP_KEYS) + SURFACE_KEYS
+SUMMARY_KEYS = (
+    OVERLAP_KEYS + tuple(f"{k}_eps1" for k in OVERLAP_KEYS) + SURFACE_KEYS + ("rvd", "auc")
+)
 
 # Normalized surface Dice tolerance of the INSTANCE 2022 evaluation script
 # (compute_surface_dice_at_tolerance(..., 0.42)): about one in-plane voxel of its head CTs.
