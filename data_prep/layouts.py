@@ -189,9 +189,20 @@ def read_pairs_layout(src: Path) -> list[CaseFiles]:
     src/masks/<case>.nii.gz     binary lesion mask (a case without one is an error)
     src/subtypes/<case>.nii.gz  optional hemorrhage subtype map (0 background, 1..5)
     src/icm/<case>.nii.gz       optional intracranial-cavity mask
+    src/dataset.json            optional; {"modality": "MR"} marks MRI (default CT)
     """
     src = _locate(src, lambda p: (p / "images").is_dir(), "pairs", "no 'images/' folder", depth=0)
     images_dir = src / "images"
+    modality = "CT"
+    meta = src / "dataset.json"
+    if meta.is_file():
+        try:
+            modality = str(json.loads(meta.read_text()).get("modality", "CT")).upper()
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{meta}: not a JSON object ({e})") from e
+        modality = {"MRI": "MR"}.get(modality, modality)
+        if modality not in ("CT", "MR"):
+            raise ValueError(f"{meta}: modality {modality!r} is not CT or MR")
     cases = []
     for image in _nifti_files(images_dir):
         stem = nifti_stem(image)
@@ -202,6 +213,7 @@ def read_pairs_layout(src: Path) -> list[CaseFiles]:
                 mask=_find_by_stem(src / "masks", stem),
                 subtypes=_find_by_stem(src / "subtypes", stem),
                 icm=_find_by_stem(src / "icm", stem),
+                modality=modality,
             )
         )
     if not cases:

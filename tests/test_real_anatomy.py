@@ -331,8 +331,8 @@ def test_dataset_reads_back_and_builds_shards(
         else:
             assert files_i.subtypes is None  # territories/ is not read as hemorrhage subtypes
             assert (root / "territories" / f"{files_i.case_id}.nii.gz").exists()
-    if kind == "stroke":
-        files = [dataclasses.replace(f, modality="MR") for f in files]
+    # dataset.json says the modality, and the pairs reader takes it from there.
+    assert {f.modality for f in files} == {"CT" if kind == "hemorrhage" else "MR"}
     manifest, skipped = build_shards(
         files, tmp_path / "shards", windows=windows, n_folds=2, progress=False
     )
