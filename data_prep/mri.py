@@ -67,6 +67,7 @@ def normalize_intensity(
         if not region.any():
             raise CaseError("brain mask is empty")
     else:
+        # Non-zero voxels: the brain of a skull-stripped scan, the head of a masked one.
         region = data != 0
         if region.sum() < 0.01 * data.size:  # almost nothing non-zero: use every voxel
             region = np.ones(data.shape, bool)
@@ -80,8 +81,10 @@ def normalize_intensity(
         raise CaseError(f"intensities are constant in the normalization region ({lo:g})")
     out = (data.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     np.clip(out, 0.0, 1.0, out=out)
-    if brain_mask is not None:
-        out[~region] = 0.0
+    # Outside the foreground (the brain mask, or the zero background of a skull-stripped or
+    # masked scan) stays 0, so "no tissue" is 0 whatever the method (z-scoring would otherwise
+    # lift the background to (0 - mean) / std).
+    out[~region] = 0.0
     return out
 
 

@@ -222,3 +222,13 @@ def test_csv_slice_labels_follow_resampling_and_selection(tmp_path):
     )
     v = manifest["volumes"][0]
     assert v["n_slices"] == 3 and v["lesion_slices"] == [1]
+
+
+def test_zero_background_stays_zero_with_zscore():
+    """Skull-stripped scans: the zero background is "no tissue" (0) after z-scoring too, so the
+    content rule drops empty slices whatever the normalization."""
+    data, brain, _ = _brain((20, 20, 30))
+    out = mri.normalize_intensity(data, method="zscore")
+    assert np.all(out[data == 0] == 0.0) and out[data != 0].min() > 0.0
+    content = mri.slice_content(out, "MR")
+    assert content[0] == 0.0 and content[15] > 0.3
