@@ -58,6 +58,8 @@ def source_fingerprint(files: CaseFiles) -> dict:
         path = getattr(files, field)
         if path is not None:
             out[field] = _file_stamp(path)
+    if files.channels:
+        out["channels"] = [_file_stamp(p) for p in files.channels]
     if files.image_files is not None or Path(files.image).is_dir():
         series = files.image_files or sorted(p for p in Path(files.image).iterdir() if p.is_file())
         stamps = [_file_stamp(p) for p in series]
@@ -110,6 +112,18 @@ def load_image(files: CaseFiles) -> Volume:
     return volume
 
 
+def _load_channel(path: Path, image: Volume) -> np.ndarray:
+    """A co-registered extra input image (another MRI sequence) on the main image's grid."""
+    extra = load_nifti_ras(path)
+    if extra.data.shape != image.data.shape:
+        raise CaseError(f"{path}: shape {extra.data.shape} != image shape {image.data.shape}")
+    if not np.allclose(extra.affine, image.affine, atol=1e-3):
+        raise CaseError(f"{path}: affine differs from the image's {image.path} (not co-registered)")
+    if float(extra.data.max()) == float(extra.data.min()):
+        raise CaseError(f"{path}: constant image (all voxels {extra.data.min():g})")
+    return extra.data
+
+
 def _labels_from_csv(files: CaseFiles, image: Volume) -> np.ndarray:
     """Per-slice labels given by the dataset (indexed by source slice) -> (Z, 6) in RAS z order."""
     given = np.asarray(files.slice_labels, dtype=np.uint8)
@@ -157,6 +171,7 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
         icm = binarize_mask(load_nifti_ras(files.icm), image)
     if files.brain_mask is not None:
         brain = binarize_mask(load_nifti_ras(files.brain_mask), image)
+    extras = [_load_channel(path, image) for path in files.channels]
 
     csv_labels = _labels_from_csv(files, image) if files.slice_labels is not None else None
 
@@ -164,16 +179,24 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
     spacing = np.asarray(image.spacing, np.float64)
     affine = image.affine
     if image.modality == "MR":
-        data = mri.normalize_intensity(
-            data,
-            brain,
-            percentiles=settings.get("normalize") or mri.DEFAULT_PERCENTILES,
-            method=settings.get("normalize_method") or "percentile",
+        data, *extras = (
+            mri.normalize_intensity(
+                x,
+                brain,
+                percentiles=settings.get("normalize") or mri.DEFAULT_PERCENTILES,
+                method=settings.get("normalize_method") or "percentile",
+            )
+            for x in [data, *extras]
         )
     if settings.get("spacing"):
+        src_affine, src_spacing = affine, spacing
         data, (mask, icm), subtypes, affine, spacing, z_source = mri.resample_to_spacing(
             data, [mask, icm], subtypes, affine, spacing, settings["spacing"]
         )
+        extras = [
+            mri.resample_to_spacing(x, [], None, src_affine, src_spacing, settings["spacing"])[0]
+            for x in extras
+        ]
         if csv_labels is not None:
             csv_labels = csv_labels[z_source]
     keep = mri.select_slices(
@@ -187,6 +210,7 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
     kept_all = keep.size == data.shape[2]
     if not kept_all:
         data, mask = data[:, :, keep], mask[:, :, keep]
+        extras = [x[:, :, keep] for x in extras]
         icm = icm[:, :, keep] if icm is not None else None
         subtypes = subtypes[:, :, keep] if subtypes is not None else None
         csv_labels = csv_labels[keep] if csv_labels is not None else None
@@ -199,6 +223,7 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
     shape = data.shape
     if size is not None:
         hu = resize_inplane(data, size, order=1)
+        extras = [resize_inplane(x, size, order=1) for x in extras]
         # Linear interpolation then 0.5 threshold keeps thin structures better than nearest.
         mask_s = (resize_inplane(mask.astype(np.float32), size, order=1) >= 0.5).astype(np.uint8)
         icm_s = None
@@ -207,7 +232,8 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
         shard_spacing = spacing * np.array([shape[0] / size[0], shape[1] / size[1], 1.0])
     else:
         hu, mask_s, icm_s, shard_spacing = data, mask, icm, spacing
-    channels = window_to_uint8(hu, windows)  # (X, Y, Z, C)
+    # (X, Y, Z, C): every window of the main image, then of each extra channel image.
+    channels = np.concatenate([window_to_uint8(x, windows) for x in [hu, *extras]], axis=-1)
 
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -241,6 +267,7 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
         "source_axcodes": list(image.source_axcodes),
         "kept_slices": None if kept_all else keep.tolist(),
         "shard_shape": [int(channels.shape[0]), int(channels.shape[1]), int(shape[2])],
+        "channels": int(channels.shape[-1]),
         "shard_spacing": shard_spacing.tolist(),
         "lesion_voxels": int(mask.sum()),
         "lesion_ml": float(mask.sum()) * voxel_ml,
@@ -284,6 +311,10 @@ def assign_folds(entries: Sequence[dict], n_folds: int, seed: int) -> dict[str, 
 
 def build_manifest(entries: Sequence[dict], settings: dict, n_folds: int, seed: int) -> dict:
     entries = sorted(entries, key=lambda e: e["case_id"])
+    counts = {e.get("channels", len(settings["windows"])) for e in entries}
+    if len(counts) > 1:
+        by_count = {c: [e["case_id"] for e in entries if e.get("channels") == c] for c in counts}
+        raise RuntimeError(f"volumes have different numbers of input channels: {by_count}")
     folds = assign_folds(entries, n_folds, seed)
     offset = 0
     volumes = []
@@ -298,6 +329,7 @@ def build_manifest(entries: Sequence[dict], settings: dict, n_folds: int, seed: 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings,
         "windows": settings["windows"],
+        "channels": counts.pop(),
         "slice_labels": list(SLICE_LABELS),
         "n_folds": n_folds,
         "fold_seed": seed,

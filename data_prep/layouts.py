@@ -57,6 +57,9 @@ class CaseFiles:
     labelled: False for datasets without masks (RSNA, plain CQ500): the mask is all zeros and
         the volume is marked ``has_mask: false`` in the manifest.
     brain_mask: optional NIfTI brain mask used by MRI normalization.
+    channels: further co-registered input images (other MRI sequences, nnU-Net channels 0001..),
+        on the image's voxel grid; each is normalized and windowed like the image and adds its
+        own channels after the image's.
     mask_nonzero: the mask is a label map whose foreground is every label > 0 (nnU-Net / MSD
         multi-class labels); otherwise only {0, 1} and {0, 255} are accepted.
     """
@@ -72,6 +75,7 @@ class CaseFiles:
     labelled: bool = True
     brain_mask: Path | None = None
     mask_nonzero: bool = False
+    channels: tuple[Path, ...] = ()
 
 
 class CaseList(list):
@@ -546,14 +550,14 @@ def read_nnunet_layout(src: Path) -> list[CaseFiles]:
     Source: nnU-Net v2 ``documentation/dataset_format.md``. ``src`` may be the folder above the
     dataset (a single ``DatasetXXX_*`` inside it). Choices:
 
-    * channel ``0000`` only (multi-channel input is a later feature); MSD files without a
-      suffix are used as they are (a 4D multi-modal MSD file is rejected by the build);
+    * every channel: ``0000`` is the image, ``0001``.. are extra input channels (in order),
+      treated with channel 0's modality; a case missing a channel that dataset.json names (or
+      that other cases have) is reported; MSD files without a suffix are used as they are (a
+      4D multi-modal MSD file is rejected by the build);
       files are channel-suffixed when dataset.json has ``channel_names``, else when the label
       names are not the image names and every image ends in ``_NNNN``.
     * modality "CT" when channel 0 is named "CT" (any case), else "MR"; no dataset.json: CT.
-    * labels: foreground = any label > 0 (nnU-Net's label 0 is background). Binary label maps
-      work as they are; a map with several foreground labels (1, 2, ...) needs the build to
-      binarize with "> 0", which it does not do yet (it reports such a mask as not binary).
+    * labels: foreground = any label > 0 (nnU-Net's label 0 is background), ``mask_nonzero``.
     * ``imagesTs`` is not read: nnU-Net never trains on it and it usually has no labels.
     * ``file_ending`` other than .nii.gz / .nii is rejected (only NIfTI is read here).
     """
@@ -597,10 +601,19 @@ def read_nnunet_layout(src: Path) -> list[CaseFiles]:
             channels.setdefault(m.group(1), {})[m.group(2)] = image
         else:
             channels.setdefault(stem, {})["0000"] = image
+    named = meta.get("channel_names")
+    codes = (
+        [f"{int(k):04d}" for k in named]
+        if isinstance(named, dict)
+        else sorted({c for files in channels.values() for c in files})
+    )
     for case_id, files in channels.items():
-        if "0000" not in files:
+        missing = [c for c in codes if c not in files]
+        if missing:
             first = files[min(files)]
-            problems.append(_problem(case_id, first, "no channel 0000 image for this case"))
+            problems.append(
+                _problem(case_id, first, f"no channel {', '.join(missing)} image for this case")
+            )
             continue
         cases.append(
             CaseFiles(
@@ -609,6 +622,7 @@ def read_nnunet_layout(src: Path) -> list[CaseFiles]:
                 mask=_find_by_stem(root / "labelsTr", case_id),
                 modality=modality,
                 mask_nonzero=True,
+                channels=tuple(files[c] for c in sorted(codes) if c != "0000"),
             )
         )
     return CaseList(cases, problems)
@@ -967,4 +981,11 @@ def _read_lesjak(src: Path) -> list[CaseFiles]:  # lives in data_prep/lesjak.py 
     return read_lesjak_layout(src)
 
 
+def _read_lesjak_multi(src: Path) -> list[CaseFiles]:  # FLAIR + T1 + T2 as three channels
+    from data_prep.lesjak import read_lesjak_layout
+
+    return read_lesjak_layout(src, "FLAIR", extra=("T1", "T2"))
+
+
 LAYOUTS["lesjak"] = _read_lesjak
+LAYOUTS["lesjak_multi"] = _read_lesjak_multi

@@ -18,10 +18,14 @@ from data_prep.layouts import CaseFiles
 SEQUENCES = ("FLAIR", "T1", "T1POST", "T2")
 
 
-def read_lesjak_layout(src: Path, sequence: str = "FLAIR") -> list[CaseFiles]:
+def read_lesjak_layout(
+    src: Path, sequence: str = "FLAIR", extra: tuple[str, ...] = ()
+) -> list[CaseFiles]:
+    """One case per patient: ``sequence`` is the image, ``extra`` sequences extra channels."""
     src = Path(src)
-    if sequence not in SEQUENCES:
-        raise ValueError(f"unknown sequence {sequence!r}; known: {SEQUENCES}")
+    for name in (sequence, *extra):
+        if name not in SEQUENCES:
+            raise ValueError(f"unknown sequence {name!r}; known: {SEQUENCES}")
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: not a folder (expected the Lesjak MS layout: patientNN/)")
     patients = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("patient"))
@@ -29,16 +33,20 @@ def read_lesjak_layout(src: Path, sequence: str = "FLAIR") -> list[CaseFiles]:
         raise FileNotFoundError(f"{src}: no patientNN/ folders (expected the Lesjak MS layout)")
     cases = []
     for folder in patients:
-        images = sorted(folder.glob(f"{sequence}_*.nii*"))
+        found = {}
+        for name in (sequence, *extra):
+            images = sorted(folder.glob(f"{name}_*.nii*"))
+            if not images:
+                raise FileNotFoundError(f"{folder}: no {name}_*.nii(.gz) image")
+            found[name] = images[0]
         masks = sorted(folder.glob("GOLD_STANDARD*.nii*"))
-        if not images:
-            raise FileNotFoundError(f"{folder}: no {sequence}_*.nii(.gz) image")
         cases.append(
             CaseFiles(
                 case_id=folder.name,
-                image=images[0],
+                image=found[sequence],
                 mask=masks[0] if masks else None,
                 modality="MR",
+                channels=tuple(found[name] for name in extra),
             )
         )
     return cases

@@ -336,3 +336,38 @@ def test_csv_row_naming_a_missing_file_is_reported(tmp_path, capsys):
     assert any(missing.stem in s["file"] or missing.stem in s["error"] for s in skipped)
     manifest = json.loads((out / bs.MANIFEST).read_text())
     assert {v["case_id"] for v in manifest["volumes"]} >= {cases[1].case_id, cases[2].case_id}
+
+
+def test_nnunet_multichannel_cases_and_a_misregistered_channel(tmp_path, capsys):
+    """nnU-Net channels 0001.. become extra input channels (windows x images); a channel on a
+    different grid is reported like any other bad file."""
+    from data_prep.layouts import read_layout
+    from lesionjax.data.phantom_layouts import write_layout
+
+    root = write_layout(
+        "nnunet", tmp_path / "raw", 3, seed=4, shape=(64, 64, 8), spacing=(3.6, 3.6, 12.0)
+    )
+    meta_path = next(root.rglob("dataset.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["channel_names"] = {"0": "CT", "1": "CT"}
+    meta_path.write_text(json.dumps(meta))
+    images = sorted(meta_path.parent.glob("imagesTr/*_0000.nii.gz"))
+    for image in images:
+        img = nib.load(image)
+        second = np.asarray(img.dataobj, np.float32) * 0.5 + 20.0
+        affine = img.affine.copy()
+        if image == images[-1]:
+            affine[:3, 3] += 4.0  # the last case's channel 1 is not co-registered
+        nib.save(nib.Nifti1Image(second, affine), str(image).replace("_0000", "_0001"))
+    cases, problems = read_layout("nnunet", root)
+    assert not problems and all(len(c.channels) == 1 for c in cases)
+    out = tmp_path / "shards"
+    assert _run_dataset("nnunet", root, out) == 1
+    err = capsys.readouterr().err
+    assert "affine differs" in err and "_0001" in err
+    shards = ShardSet.load(out)
+    assert shards.n_channels == 2 and len(shards.volumes) == 2
+    vol = shards.read_volume(shards.volumes[0]["case_id"])
+    assert vol["image"].shape[-1] == 2
+    # Channel 1 is channel 0 halved (+20 HU) under the same brain window: it differs.
+    assert not np.array_equal(vol["image"][..., 0], vol["image"][..., 1])

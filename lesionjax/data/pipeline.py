@@ -56,7 +56,8 @@ class ShardSet:
 
     @property
     def n_channels(self) -> int:
-        return len(self.manifest["windows"])
+        """Input channels: windows x input images (1 + extra sequences / nnU-Net channels)."""
+        return int(self.manifest.get("channels", len(self.manifest["windows"])))
 
     def volume(self, case_id: str) -> dict:
         for v in self.volumes:
