@@ -4,15 +4,16 @@ leave-one-patient-out, at reduced resolution on a CPU.
     python -m lesionjax.main --config configs/mri_lesjak.py       # train patient19, test patient07
     python -m lesionjax.main --config configs/mri_lesjak.py:swap  # train patient07, test patient19
 
-Data: ``../shared/data/mri_ms_lesjak`` (``patientNN/FLAIR_*.nii.gz`` + ``GOLD_STANDARD_*``), read in
-place; the path can be changed with ``--config.data.raw_dir``. FLAIR is z-scored per volume over the
-non-zero (skull-stripped) brain (percentile scaling let patient19's 52 mL of bright lesions darken
-its whole scan relative to patient07's, and the model trained on one flagged 83 mL of normal tissue
-as lesion in the other), resampled from 1 mm to 2 mm isotropic, axial slices with less than 5 %
-brain are dropped, and slices are resized in-plane to 96 x 96 (91 x 109 voxels at 2 mm: a mild anisotropic scaling). Two volumes, two folds:
-fold 0 is patient07 (1.2 mL of lesions), fold 1 patient19 (52 mL), fixed by the fold seed. No
-validation volume is left, so the last checkpoint is evaluated. ``--config.data.dataset=lesjak_multi``
-uses FLAIR, T1 and T2 as three input channels.
+Data: ``../shared/data/mri_ms_lesjak`` (``patientNN/FLAIR_*.nii.gz`` + ``GOLD_STANDARD_*``), read
+in place; the path can be changed with ``--config.data.raw_dir``. FLAIR is z-scored per volume
+over the non-zero (skull-stripped) brain (percentile scaling let patient19's 52 mL of bright
+lesions darken its whole scan relative to patient07's, and the model trained on one flagged 83 mL
+of normal tissue as lesion in the other), resampled from 1 mm to 2 mm isotropic, axial slices with
+less than 5 % brain are dropped, and slices are resized in-plane to 96 x 96 (91 x 109 voxels at
+2 mm: a mild anisotropic scaling). Two volumes, two folds: fold 0 is patient07 (1.0 mL of lesions
+at 2 mm), fold 1 patient19 (51 mL), fixed by the fold seed. No validation volume is left, so the
+last checkpoint is evaluated. ``--config.data.dataset=lesjak_multi`` uses FLAIR, T1 and T2 as
+three input channels.
 
 Measured (2-core CPU, 2026-11-22, about 3.5 min per run): trained on patient19, Dice 0.855 on
 patient19 itself (``python -m lesionjax.evaluate --workdir W --split train``) and 0.030 on
