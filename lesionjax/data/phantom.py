@@ -409,9 +409,21 @@ def generate_case(
 
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     # A temp name in the same folder makes os.replace atomic, so readers never see half a file.
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{os.getpid()}.tmp.nii.gz")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
     nib.save(img, tmp)
     os.replace(tmp, path)
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Writes ``data`` with ``affine`` (qform and sform, mm) atomically, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    _atomic_save(img, path)
 
 
 def write_case_nifti(case: PhantomCase, root: Path) -> dict[str, Path]:

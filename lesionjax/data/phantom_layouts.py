@@ -21,16 +21,20 @@ for DICOM). Readers ignore it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from lesionjax.atomic import atomic_write_json, atomic_write_text
 from lesionjax.data.labels import SLICE_LABELS, SUBTYPE_ABBREV, SUBTYPES
-from lesionjax.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, PhantomCase, generate_case
+from lesionjax.data.phantom import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    PhantomCase,
+    generate_case,
+    save_nifti,
+)
 
 TRUTH = "phantom_truth.json"
 CT_ICH_TOP = (
@@ -62,18 +66,6 @@ def _flip(affine: np.ndarray, shape, axes) -> np.ndarray:
         f[a, a] = -1.0
         f[a, 3] = shape[a] - 1
     return affine @ f
-
-
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
 
 
 class _Stored:
@@ -121,9 +113,9 @@ def _write_ct_ich(root: Path, cases: list[PhantomCase], ids: list[str]) -> list[
     rows, truth = [], []
     for i, case in enumerate(cases):
         stored = _Stored(case, i)
-        _save_nifti(stored(_hu(case)), stored.affine, top / "ct_scans" / f"{ids[i]}.nii")
+        save_nifti(stored(_hu(case)), stored.affine, top / "ct_scans" / f"{ids[i]}.nii")
         mask = stored(case.mask.astype(np.uint8) * np.uint8(255))  # the release stores 0/255
-        _save_nifti(mask, stored.affine, top / "masks" / f"{ids[i]}.nii")
+        save_nifti(mask, stored.affine, top / "masks" / f"{ids[i]}.nii")
         for k, z in enumerate(stored.source_slices):
             labels = case.slice_labels[z]
             flags = dict(zip(SUBTYPES, labels[1:].tolist(), strict=True))
@@ -158,9 +150,9 @@ def _write_seg_cq500(root: Path, cases: list[PhantomCase], ids: list[str]) -> li
     for i, case in enumerate(cases):
         stored = _Stored(case, i)
         folder = volumes / ids[i]
-        _save_nifti(stored(_hu(case)), stored.affine, folder / "CT.nii")
-        _save_nifti(stored(case.mask.astype(np.uint8)), stored.affine, folder / "ICH_mask.nii.gz")
-        _save_nifti(stored(case.icm.astype(np.uint8)), stored.affine, folder / "brain.nii.gz")
+        save_nifti(stored(_hu(case)), stored.affine, folder / "CT.nii")
+        save_nifti(stored(case.mask.astype(np.uint8)), stored.affine, folder / "ICH_mask.nii.gz")
+        save_nifti(stored(case.icm.astype(np.uint8)), stored.affine, folder / "brain.nii.gz")
         present = case.slice_labels.any(axis=0).astype(float)
         rows.append([ids[i], present[0], *(present[1 + SUBTYPES.index(s)] for s in _CQ500_ORDER)])
         truth.append(_truth_entry(case, True, stored.source_slices))
@@ -174,9 +166,9 @@ def _write_instance2022(root: Path, cases: list[PhantomCase], ids: list[str]) ->
     truth = []
     for i, case in enumerate(cases):
         stored = _Stored(case, i)
-        _save_nifti(stored(_hu(case)), stored.affine, top / "data" / f"{ids[i]}.nii.gz")
+        save_nifti(stored(_hu(case)), stored.affine, top / "data" / f"{ids[i]}.nii.gz")
         mask = stored(case.mask.astype(np.uint8))
-        _save_nifti(mask, stored.affine, top / "label" / f"{ids[i]}.nii.gz")
+        save_nifti(mask, stored.affine, top / "label" / f"{ids[i]}.nii.gz")
         truth.append(_truth_entry(case, True, stored.source_slices))
     return truth
 
@@ -201,9 +193,9 @@ def _write_atlas2(root: Path, cases: list[PhantomCase], ids: list[str]) -> list[
         anat = root / "ATLAS_2" / "Training" / "R001" / subject / session / "anat"
         stem = f"{ids[i]}_space-MNI152NLin2009aSym"
         t1 = stored(hu_to_t1(case.image))
-        _save_nifti(t1, stored.affine, anat / f"{stem}_T1w.nii.gz")
+        save_nifti(t1, stored.affine, anat / f"{stem}_T1w.nii.gz")
         mask = stored(case.mask.astype(np.uint8))
-        _save_nifti(mask, stored.affine, anat / f"{stem}_label-L_desc-T1lesion_mask.nii.gz")
+        save_nifti(mask, stored.affine, anat / f"{stem}_label-L_desc-T1lesion_mask.nii.gz")
         truth.append(_truth_entry(case, True, stored.source_slices))
     return truth
 
@@ -216,9 +208,9 @@ def _write_nnunet(root: Path, cases: list[PhantomCase], ids: list[str]) -> list[
     truth = []
     for i, case in enumerate(cases):
         stored = _Stored(case, i)
-        _save_nifti(stored(_hu(case)), stored.affine, top / "imagesTr" / f"{ids[i]}_0000.nii.gz")
+        save_nifti(stored(_hu(case)), stored.affine, top / "imagesTr" / f"{ids[i]}_0000.nii.gz")
         mask = stored(case.mask.astype(np.uint8))
-        _save_nifti(mask, stored.affine, top / "labelsTr" / f"{ids[i]}.nii.gz")
+        save_nifti(mask, stored.affine, top / "labelsTr" / f"{ids[i]}.nii.gz")
         truth.append(_truth_entry(case, True, stored.source_slices))
     meta = {
         "name": "PhantomICH",
@@ -308,9 +300,7 @@ def _write_cq500(root: Path, cases: list[PhantomCase], ids: list[str]) -> list[d
                 sources = {p.name: z for z, p in enumerate(paths)}
         labelled = i % 2 == 0
         if labelled:
-            _save_nifti(
-                case.mask.astype(np.uint8), case.affine, root / "masks" / f"{ids[i]}.nii.gz"
-            )
+            save_nifti(case.mask.astype(np.uint8), case.affine, root / "masks" / f"{ids[i]}.nii.gz")
         entry = _truth_entry(case, labelled, sources)
         entry["series_description"] = CQ500_SERIES[0][0].removeprefix("CT ")
         truth.append(entry)

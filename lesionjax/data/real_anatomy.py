@@ -50,7 +50,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -60,6 +59,8 @@ from lesionjax.data.labels import SLICE_LABELS, SUBTYPES
 from lesionjax.data.phantom import (
     DEFAULT_SUBTYPE_PROBS,
     PSF_SIGMA_MM,
+    PhantomCase,
+    save_nifti,
     slice_labels_from_subtypes,
     write_case_nifti,
 )
@@ -99,7 +100,7 @@ MNI_WM_FILE = "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
 
 
 @dataclasses.dataclass
-class RealAnatomyCase:
+class RealAnatomyCase(PhantomCase):
     """One scan: a real host with synthetic lesions. Fields as `phantom.PhantomCase`, plus:
 
     image: float32 (HU for CT, the host's units for MR); mask: uint8 {0, 1} lesion;
@@ -112,14 +113,6 @@ class RealAnatomyCase:
     top of the host's own.
     """
 
-    image: np.ndarray
-    mask: np.ndarray
-    subtypes: np.ndarray
-    icm: np.ndarray
-    slice_labels: np.ndarray
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    case_id: str
     modality: str = "CT"
     lesions: tuple[str, ...] = ()
     host: np.ndarray | None = None
@@ -982,17 +975,6 @@ def load_real_source(source: Path, kind: str) -> tuple[Volume, dict, str]:
     return mri, {}, Path(source).name.split(".")[0]
 
 
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{os.getpid()}.tmp.nii.gz")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-
-
 def write_case(case: RealAnatomyCase, root: Path) -> None:
     """Writes one case in the pairs layout.
 
@@ -1011,7 +993,7 @@ def write_case(case: RealAnatomyCase, root: Path) -> None:
         "icm": case.icm.astype(np.uint8),
     }
     for folder, data in arrays.items():
-        _save_nifti(data, case.affine, root / folder / f"{case.case_id}.nii.gz")
+        save_nifti(data, case.affine, root / folder / f"{case.case_id}.nii.gz")
 
 
 def write_real_anatomy_dataset(
