@@ -371,3 +371,19 @@ def test_nnunet_multichannel_cases_and_a_misregistered_channel(tmp_path, capsys)
     assert vol["image"].shape[-1] == 2
     # Channel 1 is channel 0 halved (+20 HU) under the same brain window: it differs.
     assert not np.array_equal(vol["image"][..., 0], vol["image"][..., 1])
+
+
+def test_bytes_that_are_not_dicom_in_a_series_are_reported(tmp_path, capsys):
+    root, cases = _rsna(tmp_path)
+    victim = cases[2].image_files[1]
+    victim.write_bytes(b"\x00" * 64 + b"not a DICOM file at all" * 10)
+    out = tmp_path / "shards"
+    assert _run_dataset("rsna", root, out) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert lines and any(victim.name in line for line in lines), err
+    skipped = json.loads((out / bs.SKIPPED).read_text())
+    assert any(victim.name in s["file"] or victim.name in s["error"] for s in skipped)
+    # The undamaged series are built and readable.
+    shards = ShardSet.load(out)
+    assert {cases[0].case_id, cases[1].case_id} <= {v["case_id"] for v in shards.volumes}
