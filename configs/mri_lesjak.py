@@ -19,7 +19,8 @@ Measured (2-core CPU, 2026-11-22, about 3.5 min per run): trained on patient19, 
 patient19 itself (``python -m lesionjax.evaluate --workdir W --split train``) and 0.030 on
 held-out patient07 (recall 0.53, precision 0.015: 35 mL predicted for 1 mL of lesions, the
 lesion-load shift between the two patients); ``:swap`` (trained on patient07's 1 mL) finds little
-of patient19's 52 mL (Dice 0.01-0.07, precision > 0.8). See tests/test_real_mri.py for baselines.
+of patient19's 51 mL (Dice 0.027; 0.072 with FLAIR+T1+T2; precision > 0.78). See
+tests/test_real_mri.py for baselines.
 """
 
 from pathlib import Path
