@@ -31,7 +31,13 @@ from scipy import ndimage
 
 from data_prep import mri
 from data_prep.layouts import LAYOUTS, CaseFiles, read_layout
-from data_prep.volumes import CaseError, Volume, binarize_mask, load_nifti_ras
+from data_prep.volumes import (
+    CaseError,
+    Volume,
+    binarize_mask,
+    check_same_grid,
+    load_nifti_ras,
+)
 from lesionjax.atomic import atomic_write_json
 from lesionjax.data import records
 from lesionjax.data.labels import SLICE_LABELS
@@ -43,6 +49,11 @@ SKIPPED = "skipped.json"
 
 def settings_fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_series(files: CaseFiles) -> bool:
+    """The image is a DICOM series (listed files or a folder), not a NIfTI file."""
+    return files.image_files is not None or Path(files.image).is_dir()
 
 
 def _file_stamp(path: Path) -> dict:
@@ -60,7 +71,7 @@ def source_fingerprint(files: CaseFiles) -> dict:
             out[field] = _file_stamp(path)
     if files.channels:
         out["channels"] = [_file_stamp(p) for p in files.channels]
-    if files.image_files is not None or Path(files.image).is_dir():
+    if _is_series(files):
         series = files.image_files or sorted(p for p in Path(files.image).iterdir() if p.is_file())
         stamps = [_file_stamp(p) for p in series]
         out["image"] = {
@@ -101,7 +112,7 @@ def slice_labels_from_maps(mask: np.ndarray, subtypes: np.ndarray | None) -> np.
 
 def load_image(files: CaseFiles) -> Volume:
     """The case's image as a RAS+ Volume: a NIfTI file, or a DICOM series (folder or file list)."""
-    if files.image_files is not None or Path(files.image).is_dir():
+    if _is_series(files):
         from data_prep.dicom import read_dicom_series
 
         volume = read_dicom_series(files.image_files or files.image)
@@ -115,13 +126,14 @@ def load_image(files: CaseFiles) -> Volume:
 def _load_channel(path: Path, image: Volume) -> np.ndarray:
     """A co-registered extra input image (another MRI sequence) on the main image's grid."""
     extra = load_nifti_ras(path)
-    if extra.data.shape != image.data.shape:
-        raise CaseError(f"{path}: shape {extra.data.shape} != image shape {image.data.shape}")
-    if not np.allclose(extra.affine, image.affine, atol=1e-3):
-        raise CaseError(f"{path}: affine differs from the image's {image.path} (not co-registered)")
-    if float(extra.data.max()) == float(extra.data.min()):
-        raise CaseError(f"{path}: constant image (all voxels {extra.data.min():g})")
+    check_same_grid(extra, image, "channel")
+    _check_not_constant(extra.data, path)
     return extra.data
+
+
+def _check_not_constant(data: np.ndarray, path: Path) -> None:
+    if float(data.max()) == float(data.min()):
+        raise CaseError(f"{path}: constant image (all voxels {data.min():g})")
 
 
 def _labels_from_csv(files: CaseFiles, image: Volume) -> np.ndarray:
@@ -155,8 +167,7 @@ def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
     if files.labelled and files.mask is None:
         raise CaseError(f"{files.image}: no mask found for case {files.case_id}")
     image = load_image(files)
-    if float(image.data.max()) == float(image.data.min()):
-        raise CaseError(f"{files.image}: constant image (all voxels {image.data.min():g})")
+    _check_not_constant(image.data, files.image)
     if files.labelled:
         mask = binarize_mask(load_nifti_ras(files.mask), image, nonzero=files.mask_nonzero)
     else:

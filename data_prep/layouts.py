@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -954,6 +955,53 @@ def read_cq500_layout(src: Path, masks: Path | None = None) -> list[CaseFiles]:
 
 # ---------------------------------------------------------------------------------- registry
 
+# ---------------------------------------------------------------------------------------- lesjak
+
+LESJAK_SEQUENCES = ("FLAIR", "T1", "T1POST", "T2")
+
+
+def read_lesjak_layout(
+    src: Path, sequence: str = "FLAIR", extra: tuple[str, ...] = ()
+) -> list[CaseFiles]:
+    """Lesjak et al. (Neuroinformatics 2017, doi 10.1007/s12021-017-9348-7) multiple-sclerosis
+    MRI database, multi-rater consensus masks::
+
+        src/patientNN/FLAIR_<processing>.nii.gz            (also T1_, T1POST_, T2_)
+        src/patientNN/GOLD_STANDARD_<processing>.nii.gz    consensus lesion mask
+
+    All sequences of a patient are co-registered (MNI space, 1 mm), so the mask fits every one.
+    One case per patient: ``sequence`` is the image, ``extra`` sequences are extra channels.
+    """
+    src = Path(src)
+    for name in (sequence, *extra):
+        if name not in LESJAK_SEQUENCES:
+            raise ValueError(f"unknown sequence {name!r}; known: {LESJAK_SEQUENCES}")
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: not a folder (expected the Lesjak MS layout: patientNN/)")
+    patients = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("patient"))
+    if not patients:
+        raise FileNotFoundError(f"{src}: no patientNN/ folders (expected the Lesjak MS layout)")
+    cases = []
+    for folder in patients:
+        found = {}
+        for name in (sequence, *extra):
+            images = sorted(folder.glob(f"{name}_*.nii*"))
+            if not images:
+                raise FileNotFoundError(f"{folder}: no {name}_*.nii(.gz) image")
+            found[name] = images[0]
+        masks = sorted(folder.glob("GOLD_STANDARD*.nii*"))
+        cases.append(
+            CaseFiles(
+                case_id=folder.name,
+                image=found[sequence],
+                mask=masks[0] if masks else None,
+                modality="MR",
+                channels=tuple(found[name] for name in extra),
+            )
+        )
+    return cases
+
+
 LAYOUTS: dict[str, Callable[[Path], list[CaseFiles]]] = {
     "pairs": read_pairs_layout,
     "phantom": read_pairs_layout,
@@ -964,6 +1012,8 @@ LAYOUTS: dict[str, Callable[[Path], list[CaseFiles]]] = {
     "nnunet": read_nnunet_layout,
     "rsna": read_rsna_layout,
     "cq500": read_cq500_layout,
+    "lesjak": read_lesjak_layout,
+    "lesjak_multi": functools.partial(read_lesjak_layout, extra=("T1", "T2")),  # 3 channels
 }
 
 
@@ -973,19 +1023,3 @@ def read_layout(name: str, src: Path) -> tuple[list[CaseFiles], list[dict]]:
         raise ValueError(f"unknown dataset layout {name!r}; known: {sorted(LAYOUTS)}")
     cases = LAYOUTS[name](Path(src))
     return list(cases), list(getattr(cases, "problems", []))
-
-
-def _read_lesjak(src: Path) -> list[CaseFiles]:  # lives in data_prep/lesjak.py (MRI layouts)
-    from data_prep.lesjak import read_lesjak_layout
-
-    return read_lesjak_layout(src)
-
-
-def _read_lesjak_multi(src: Path) -> list[CaseFiles]:  # FLAIR + T1 + T2 as three channels
-    from data_prep.lesjak import read_lesjak_layout
-
-    return read_lesjak_layout(src, "FLAIR", extra=("T1", "T2"))
-
-
-LAYOUTS["lesjak"] = _read_lesjak
-LAYOUTS["lesjak_multi"] = _read_lesjak_multi

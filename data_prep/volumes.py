@@ -75,6 +75,19 @@ def _axial_source_slices(stored_affine: np.ndarray, n: int) -> np.ndarray | None
     return k[::-1].copy() if flip < 0 else k
 
 
+def check_same_grid(volume: Volume, image: Volume, what: str) -> None:
+    """A mask or extra input image must lie on its image's voxel grid (shape and affine)."""
+    if volume.data.shape != image.data.shape:
+        raise CaseError(
+            f"{volume.path}: {what} shape {volume.data.shape} != image shape {image.data.shape}"
+        )
+    if not np.allclose(volume.affine, image.affine, atol=1e-3):
+        raise CaseError(
+            f"{volume.path}: {what} affine differs from image affine {image.path}"
+            f" (max difference {np.abs(volume.affine - image.affine).max():.4g})"
+        )
+
+
 def binarize_mask(mask: Volume, image: Volume, *, nonzero: bool = False) -> np.ndarray:
     """Checks a mask against its image and returns it as uint8 {0, 1}.
 
@@ -83,15 +96,7 @@ def binarize_mask(mask: Volume, image: Volume, *, nonzero: bool = False) -> np.n
     unless ``nonzero``: then the mask is a label map of non-negative integers and every label > 0
     is foreground (the nnU-Net / Decathlon convention for "lesion of any class").
     """
-    if mask.data.shape != image.data.shape:
-        raise CaseError(
-            f"{mask.path}: mask shape {mask.data.shape} != image shape {image.data.shape}"
-        )
-    if not np.allclose(mask.affine, image.affine, atol=1e-3):
-        raise CaseError(
-            f"{mask.path}: mask affine differs from image affine {image.path}"
-            f" (max difference {np.abs(mask.affine - image.affine).max():.4g})"
-        )
+    check_same_grid(mask, image, "mask")
     values = np.unique(mask.data)
     if nonzero and values.min() >= 0 and np.all(values == np.rint(values)):
         return (mask.data > 0).astype(np.uint8)

@@ -80,9 +80,11 @@ def load_config(workdir: Path):
 
 
 def _checkpoint_manager(ckpt_dir: Path):
-    """A read-only Orbax manager over the trainer's checkpoints (best = highest val_dice)."""
+    """A read-only Orbax manager over the trainer's checkpoints (best: the trainer's metric)."""
     import orbax.checkpoint as ocp
     from absl import logging
+
+    from lesionjax.train import trainer
 
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # Orbax warns that a read-only manager is read-only
@@ -90,13 +92,13 @@ def _checkpoint_manager(ckpt_dir: Path):
         return ocp.CheckpointManager(
             ckpt_dir,
             options=ocp.CheckpointManagerOptions(
-                best_fn=lambda m: m["val_dice"],
+                best_fn=trainer.best_metric,
                 best_mode="max",
                 read_only=True,
                 create=False,
                 save_interval_steps=0,
             ),
-            item_names=("state", "data"),
+            item_names=trainer.CHECKPOINT_ITEMS,
         )
     finally:
         logging.set_verbosity(verbosity)
@@ -113,6 +115,7 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     from lesionjax.data.prepare import shards_dir
     from lesionjax.eval.inference import VolumePredictor
     from lesionjax.train import step as step_lib
+    from lesionjax.train import trainer
     from lesionjax.train.trainer import make_mesh, make_model_fn
 
     workdir = Path(workdir)
@@ -145,7 +148,11 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
                 f"{', '.join(map(str, manager.all_steps()))})"
             )
         metrics = manager.metrics(step)
-        best_val = float(metrics["val_dice"]) if metrics and "val_dice" in metrics else None
+        best_val = (
+            float(trainer.best_metric(metrics))
+            if metrics and trainer.BEST_METRIC in metrics
+            else None
+        )
 
         mesh = make_mesh()
         tx, _ = step_lib.make_optimizer(

@@ -147,23 +147,16 @@ BAD_CASES = {
 }
 
 
-def _run(root: Path, out: Path, *extra: str) -> int:
+def _run_dataset(name: str, root: Path, out: Path, *extra: str) -> int:
+    """The build CLI on one dataset folder: brain window, 2 folds, 1 worker, no progress bar."""
     return bs.main(
-        [
-            "--src",
-            str(root),
-            "--out",
-            str(out),
-            "--windows",
-            "brain",
-            "--folds",
-            "2",
-            "--workers",
-            "1",
-            "--no-progress",
-            *extra,
-        ]
-    )
+        ["--dataset", name, "--src", str(root), "--out", str(out), "--windows", "brain",
+         "--folds", "2", "--workers", "1", "--no-progress", *extra]
+    )  # fmt: skip
+
+
+def _run(root: Path, out: Path, *extra: str) -> int:
+    return _run_dataset("pairs", root, out, *extra)
 
 
 def _check_valid_output(out: Path, expected_ids) -> None:
@@ -281,27 +274,6 @@ def _rsna(tmp_path):
     cases, problems = read_layout("rsna", root)
     assert not problems and len(cases) == 3
     return root, cases
-
-
-def _run_dataset(name: str, root: Path, out: Path, *extra: str) -> int:
-    return bs.main(
-        [
-            "--dataset",
-            name,
-            "--src",
-            str(root),
-            "--out",
-            str(out),
-            "--windows",
-            "brain",
-            "--folds",
-            "2",
-            "--workers",
-            "1",
-            "--no-progress",
-            *extra,
-        ]
-    )
 
 
 def test_dicom_with_unreadable_tag_is_reported(tmp_path, capsys):

@@ -30,8 +30,8 @@ def shards_dir(config, workdir: Path) -> Path:
 def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
     """Generates the phantom set if the config asks for it and it is absent, builds the shards
     (reusing valid ones) and returns the loaded ShardSet."""
-    from data_prep.build_shards import build_shards, read_layout
-    from data_prep.layouts import LAYOUTS
+    from data_prep.build_shards import build_shards
+    from data_prep.layouts import read_layout
 
     d = config.data
     src = raw_dir(config, workdir)
@@ -51,8 +51,6 @@ def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
         )
     elif not src.exists():
         raise DataNotFoundError(d.get("missing_hint", "") or f"{src}: dataset folder not found")
-    if d.dataset not in LAYOUTS:
-        raise ValueError(f"no reader for dataset layout {d.dataset!r}; known: {sorted(LAYOUTS)}")
     cases, problems = read_layout(d.dataset, src)
     out = shards_dir(config, workdir)
     _, skipped = build_shards(

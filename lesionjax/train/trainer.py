@@ -32,6 +32,16 @@ from lesionjax.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
+# Checkpoints: what Orbax saves per step, and the saved metric that picks the best checkpoint
+# (read back by `lesionjax.evaluate`).
+CHECKPOINT_ITEMS = ("state", "data")
+BEST_METRIC = "val_dice"
+
+
+def best_metric(metrics: dict) -> float:
+    return metrics[BEST_METRIC]
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step."""
 
@@ -273,18 +283,18 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         ckpt_dir,
         # Without a validation set there is no best: keep the latest checkpoint only.
         options=ocp.CheckpointManagerOptions(
-            best_fn=lambda m: m["val_dice"],
+            best_fn=best_metric,
             best_mode="max",
             preservation_policy=pp.AnyPreservationPolicy(
                 [
                     pp.LatestN(n=1),
-                    pp.BestN(get_metric_fn=lambda m: m["val_dice"], n=1),
+                    pp.BestN(get_metric_fn=best_metric, n=1),
                 ]
             ),
         )
         if split["val"]
         else ocp.CheckpointManagerOptions(preservation_policy=pp.LatestN(n=1)),
-        item_names=("state", "data"),
+        item_names=CHECKPOINT_ITEMS,
     )
     # What Orbax restores into: shapes, dtypes and the replicated sharding of every leaf.
     restore_target = jax.tree.map(
@@ -310,9 +320,9 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
         state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
 
     def save(step: int, val: dict | None) -> None:
-        metrics = {"val_dice": val["dice"]} if val else None
-        if metrics and not math.isfinite(metrics["val_dice"]):
-            metrics = {"val_dice": val["dice_all"]}
+        metrics = {BEST_METRIC: val["dice"]} if val else None
+        if metrics and not math.isfinite(metrics[BEST_METRIC]):
+            metrics = {BEST_METRIC: val["dice_all"]}
         manager.save(
             step,
             args=ocp.args.Composite(
@@ -396,7 +406,7 @@ def train(config, workdir: Path, shards: pipeline.ShardSet, split: dict) -> Trai
     # ---------------------------------------------------------------- best checkpoint
     best_step = manager.best_step() if manager.latest_step() is not None else None
     best_metrics = manager.metrics(best_step) if best_step is not None else None
-    best_val = float(best_metrics["val_dice"]) if best_metrics else None
+    best_val = float(best_metric(best_metrics)) if best_metrics else None
     if best_metrics is None:
         best_step = None
     if best_step is not None and best_step != int(jax.device_get(state.step)):
