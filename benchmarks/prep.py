@@ -26,7 +26,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from data_prep.build_shards import build_shards
-from data_prep.layouts import read_pairs_layout
+from data_prep.layouts.pairs import read_pairs_layout
 src, out, windows = sys.argv[1], sys.argv[2], sys.argv[5]
 workers, n = int(sys.argv[3]), int(sys.argv[4])
 cases = read_pairs_layout(Path(src))[:n]
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="reuse a generated folder")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lesionjax.data import phantom
+    from data_prep.synthetic import phantom
 
     tmp = None
     src = args.data

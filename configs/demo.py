@@ -6,10 +6,11 @@ Same pipeline as the papers' configs, scaled down: 128x128 slices, a narrower U-
 (8..128, 5 levels) and a few epochs.
 """
 
-from lesionjax.config_defaults import segmentation_config
+from lesionjax.config_defaults import check_variant, segmentation_config
 
 
 def get_config(arg=None):
+    check_variant(arg, ("tiny",))
     c = segmentation_config()
     c.name = "demo"
     c.data.phantom.n_cases = 40
@@ -35,6 +36,7 @@ def get_config(arg=None):
     c.data.normal_ratio = 2.0
     c.data.normal_weight = 1.0
     c.loss = "batch_dice"
+    c.eval.nsd_tolerance_mm = 1.8  # one in-plane voxel
     if arg == "tiny":  # seconds, for tests
         c.data.phantom.n_cases = 10
         c.data.phantom.shape = (64, 64, 12)

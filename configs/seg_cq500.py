@@ -9,12 +9,13 @@ normal slices, normal slices weighted alpha = 0.2; augmentation translate +-10 %
 scale 0.9-1.1, horizontal flip 50 %; 5 folds at volume level (run test_fold = 0..4).
 """
 
-from lesionjax.config_defaults import segmentation_config
+from lesionjax.config_defaults import check_variant, segmentation_config
 
 RAW_DIR = "data/seg_cq500"
 
 
 def get_config(arg=None):
+    check_variant(arg, ("ich_only",))
     c = segmentation_config()
     c.name = "seg_cq500_mixed"
     c.data.source = "folder"

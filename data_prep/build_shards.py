@@ -1,59 +1,55 @@
 """Offline stage: dataset folder -> windowed axial slices in ArrayRecord shards + manifest.json.
 
     python -m data_prep.build_shards --dataset pairs --src DIR --out DIR \
-        [--windows ich | --windows brain,subdural,wide | --windows=-50:150] [--size 256] \
-        [--folds 5] [--seed 0] [--workers 2] [--allow-skips]
+        [--config configs/EXP.py[:variant]] [--windows ich | brain,subdural,wide | -50:150] \
+        [--size 256] [--spacing 2,2,2] [--slices 70:90] [--min-content 0.05] \
+        [--normalize 0.5:99.5] [--normalize-method zscore] [--folds 5] [--seed 0] \
+        [--workers 2] [--allow-skips]
+
+(also ``lesionjax-prep``). The preprocessing plan (``data_prep.plan``) is resolved once from the
+options given here, then a ``--config``'s ``data`` section, then the dataset's defaults, and
+every case is prepared with it (``data_prep.preprocess.preprocess_case``). A training run builds
+its shards through ``build_dataset`` too, so the same options give the same shards either way.
 
 Each volume becomes one shard ``shards/<case>.array_record`` (one record per axial slice, see
-``lesionjax.data.records``) and a sidecar ``shards/<case>.json`` describing it; both are written
+``lesionjax.core.records``) and a sidecar ``shards/<case>.json`` describing it; both are written
 atomically, so an interrupted build leaves only whole volumes behind and a re-run reuses every
-volume whose sources and settings are unchanged. ``manifest.json`` is assembled last from the
-sidecars. A case that fails is reported in ``skipped.json`` and does not stop the others; the exit
-status is non-zero when any case was skipped, unless ``--allow-skips``.
+volume whose sources and plan are unchanged. ``manifest.json`` (with the plan) is assembled last
+from the sidecars. A case that fails is reported in ``skipped.json`` and does not stop the
+others; the exit status is non-zero when any case was skipped, unless ``--allow-skips``.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from data_prep import mri
-from data_prep.layouts import LAYOUTS, CaseFiles, read_layout
-from data_prep.volumes import (
-    CaseError,
-    Volume,
-    binarize_mask,
-    check_same_grid,
-    load_nifti_ras,
-)
-from lesionjax.atomic import atomic_write_json
-from lesionjax.data import records
-from lesionjax.data.labels import SLICE_LABELS
-from lesionjax.data.windows import parse_windows, window_to_uint8
+from data_prep.layouts import LAYOUTS, CaseFiles, get_layout, read_layout
+from data_prep.plan import PreprocessingPlan, dataset_modality, plan_options, resolve_plan
+from data_prep.preprocess import is_dicom_series, preprocess_case
+from data_prep.volumes import CaseError
+from lesionjax.core import records
+from lesionjax.core.atomic import atomic_path, atomic_write_json
+from lesionjax.core.errors import UserError
+from lesionjax.core.geometry import spacing_of, voxel_volume_ml
+from lesionjax.core.labels import SLICE_LABELS
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.json"
 
 
-def settings_fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _is_series(files: CaseFiles) -> bool:
-    """The image is a DICOM series (listed files or a folder), not a NIfTI file."""
-    return files.image_files is not None or Path(files.image).is_dir()
+class BuildError(UserError):
+    """No shard set could be built (no readable case, volumes that do not fit together)."""
 
 
 def _file_stamp(path: Path) -> dict:
@@ -71,7 +67,7 @@ def source_fingerprint(files: CaseFiles) -> dict:
             out[field] = _file_stamp(path)
     if files.channels:
         out["channels"] = [_file_stamp(p) for p in files.channels]
-    if _is_series(files):
+    if is_dicom_series(files):
         series = files.image_files or sorted(p for p in Path(files.image).iterdir() if p.is_file())
         stamps = [_file_stamp(p) for p in series]
         out["image"] = {
@@ -86,217 +82,68 @@ def source_fingerprint(files: CaseFiles) -> dict:
     out["modality"] = files.modality
     out["labelled"] = files.labelled
     out["mask_nonzero"] = files.mask_nonzero
+    out["mask_labels"] = None if files.mask_labels is None else list(files.mask_labels)
     return out
 
 
-def resize_inplane(volume: np.ndarray, size: tuple[int, int], *, order: int) -> np.ndarray:
-    """(X, Y, Z) -> (size[0], size[1], Z); slices are never resampled across z."""
-    x, y, _ = volume.shape
-    if (x, y) == tuple(size):
-        return volume
-    zoom = (size[0] / x, size[1] / y, 1.0)
-    return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True)
-
-
-def slice_labels_from_maps(mask: np.ndarray, subtypes: np.ndarray | None) -> np.ndarray:
-    """(X, Y, Z) maps -> (Z, 6) uint8 labels in SLICE_LABELS order ("any" from the mask)."""
-    z = mask.shape[2]
-    labels = np.zeros((z, len(SLICE_LABELS)), np.uint8)
-    labels[:, 0] = mask.reshape(-1, z).any(axis=0)
-    if subtypes is not None:
-        flat = subtypes.reshape(-1, z)
-        for k in range(1, len(SLICE_LABELS)):
-            labels[:, k] = (flat == k).any(axis=0)
-    return labels
-
-
-def load_image(files: CaseFiles) -> Volume:
-    """The case's image as a RAS+ Volume: a NIfTI file, or a DICOM series (folder or file list)."""
-    if _is_series(files):
-        from data_prep.dicom import read_dicom_series
-
-        volume = read_dicom_series(files.image_files or files.image)
-    else:
-        volume = load_nifti_ras(files.image)
-    if volume.modality != files.modality:
-        volume = dataclasses.replace(volume, modality=files.modality)
-    return volume
-
-
-def _load_channel(path: Path, image: Volume) -> np.ndarray:
-    """A co-registered extra input image (another MRI sequence) on the main image's grid."""
-    extra = load_nifti_ras(path)
-    check_same_grid(extra, image, "channel")
-    _check_not_constant(extra.data, path)
-    return extra.data
-
-
-def _check_not_constant(data: np.ndarray, path: Path) -> None:
-    if float(data.max()) == float(data.min()):
-        raise CaseError(f"{path}: constant image (all voxels {data.min():g})")
-
-
-def _labels_from_csv(files: CaseFiles, image: Volume) -> np.ndarray:
-    """Per-slice labels given by the dataset (indexed by source slice) -> (Z, 6) in RAS z order."""
-    given = np.asarray(files.slice_labels, dtype=np.uint8)
-    if given.ndim != 2 or given.shape[1] != len(SLICE_LABELS):
-        raise CaseError(
-            f"{files.image}: slice labels must have {len(SLICE_LABELS)} columns, got {given.shape}"
-        )
-    if image.source_slice is None:
-        raise CaseError(
-            f"{files.image}: per-slice labels given but the stored slice axis is not axial"
-        )
-    src = np.asarray(image.source_slice)
-    if src.max() >= len(given):
-        raise CaseError(
-            f"{files.image}: {len(given)} slice labels for an image with {src.max() + 1} slices"
-        )
-    return given[src].copy()
-
-
-def process_case(files: CaseFiles, out_dir: Path, settings: dict) -> dict:
-    """Reads one case, writes its shard and sidecar atomically, returns the sidecar entry."""
-    windows = [tuple(w) for w in settings["windows"]]
-    size = tuple(settings["size"]) if settings["size"] else None
-    if files.modality == "MR" and any(lo < 0.0 or hi > 1.0 for lo, hi in windows):
-        raise CaseError(
-            f"{files.image}: MR images are normalized to [0, 1] but the windows {windows} are HU "
-            "windows (use --windows unit)"
-        )
-    if files.labelled and files.mask is None:
-        raise CaseError(f"{files.image}: no mask found for case {files.case_id}")
-    image = load_image(files)
-    _check_not_constant(image.data, files.image)
-    if files.labelled:
-        mask = binarize_mask(load_nifti_ras(files.mask), image, nonzero=files.mask_nonzero)
-    else:
-        mask = np.zeros(image.data.shape, np.uint8)
-    subtypes = icm = brain = None
-    if files.subtypes is not None:
-        sub_vol = load_nifti_ras(files.subtypes)
-        if sub_vol.data.shape != image.data.shape:
-            raise CaseError(f"{files.subtypes}: shape {sub_vol.data.shape} != image shape")
-        subtypes = np.rint(sub_vol.data).astype(np.uint8)
-    if files.icm is not None:
-        icm = binarize_mask(load_nifti_ras(files.icm), image)
-    if files.brain_mask is not None:
-        brain = binarize_mask(load_nifti_ras(files.brain_mask), image)
-    extras = [_load_channel(path, image) for path in files.channels]
-
-    csv_labels = _labels_from_csv(files, image) if files.slice_labels is not None else None
-
-    data = image.data
-    spacing = np.asarray(image.spacing, np.float64)
-    affine = image.affine
-    if image.modality == "MR":
-        data, *extras = (
-            mri.normalize_intensity(
-                x,
-                brain,
-                percentiles=settings.get("normalize") or mri.DEFAULT_PERCENTILES,
-                method=settings.get("normalize_method") or "percentile",
-            )
-            for x in [data, *extras]
-        )
-    if settings.get("spacing"):
-        src_affine, src_spacing = affine, spacing
-        data, (mask, icm), subtypes, affine, spacing, z_source = mri.resample_to_spacing(
-            data, [mask, icm], subtypes, affine, spacing, settings["spacing"]
-        )
-        extras = [
-            mri.resample_to_spacing(x, [], None, src_affine, src_spacing, settings["spacing"])[0]
-            for x in extras
-        ]
-        if csv_labels is not None:
-            csv_labels = csv_labels[z_source]
-    keep = mri.select_slices(
-        data,
-        image.modality,
-        slice_range=settings.get("slice_range"),
-        min_content=settings.get("min_content", 0.0),
-    )
-    if keep.size == 0:
-        raise CaseError(f"{files.image}: no slice left after slice selection")
-    kept_all = keep.size == data.shape[2]
-    if not kept_all:
-        data, mask = data[:, :, keep], mask[:, :, keep]
-        extras = [x[:, :, keep] for x in extras]
-        icm = icm[:, :, keep] if icm is not None else None
-        subtypes = subtypes[:, :, keep] if subtypes is not None else None
-        csv_labels = csv_labels[keep] if csv_labels is not None else None
-    if csv_labels is not None:
-        labels = csv_labels.copy()
-        if files.labelled:  # the mask is the reference for "any"; the CSV gives the subtypes
-            labels[:, 0] = mask.reshape(-1, mask.shape[2]).any(axis=0)
-    else:
-        labels = slice_labels_from_maps(mask, subtypes)
-    shape = data.shape
-    if size is not None:
-        hu = resize_inplane(data, size, order=1)
-        extras = [resize_inplane(x, size, order=1) for x in extras]
-        # Linear interpolation then 0.5 threshold keeps thin structures better than nearest.
-        mask_s = (resize_inplane(mask.astype(np.float32), size, order=1) >= 0.5).astype(np.uint8)
-        icm_s = None
-        if icm is not None:
-            icm_s = (resize_inplane(icm.astype(np.float32), size, order=1) >= 0.5).astype(np.uint8)
-        shard_spacing = spacing * np.array([shape[0] / size[0], shape[1] / size[1], 1.0])
-    else:
-        hu, mask_s, icm_s, shard_spacing = data, mask, icm, spacing
-    # (X, Y, Z, C): every window of the main image, then of each extra channel image.
-    channels = np.concatenate([window_to_uint8(x, windows) for x in [hu, *extras]], axis=-1)
-
+def process_case(files: CaseFiles, out_dir: Path, plan: PreprocessingPlan) -> dict:
+    """Prepares one case, writes its shard and sidecar atomically, returns the sidecar entry."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    prepared = preprocess_case(files, plan)
     shard = out_dir / "shards" / f"{files.case_id}.array_record"
-    tmp = shard.with_name(f".{shard.name}.tmp{os.getpid()}")
-    try:
+    n_slices = prepared.channels.shape[2]
+    with atomic_path(shard) as tmp:
         writer = ArrayRecordWriter(str(tmp), "group_size:1")
-        for k in range(shape[2]):
-            arrays = {"image": channels[:, :, k], "mask": mask_s[:, :, k], "labels": labels[k]}
-            if icm_s is not None:
-                arrays["icm"] = icm_s[:, :, k]
+        for k in range(n_slices):
+            arrays = {
+                "image": prepared.channels[:, :, k],
+                "mask": prepared.mask[:, :, k],
+                "labels": prepared.slice_labels[k],
+            }
+            if prepared.icm is not None:
+                arrays["icm"] = prepared.icm[:, :, k]
             writer.write(records.encode_record(files.case_id, k, arrays))
         writer.close()
-        os.replace(tmp, shard)
-    finally:
-        tmp.unlink(missing_ok=True)
 
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    grid = prepared.grid
+    lesion_voxels = int(prepared.mask.sum())
     entry = {
         "case_id": files.case_id,
         "shard": f"shards/{shard.name}",
         "shard_bytes": shard.stat().st_size,
-        "n_slices": int(shape[2]),
+        "n_slices": int(n_slices),
         "sources": source_fingerprint(files),
-        "settings": settings_fingerprint(settings),
-        "modality": image.modality,
-        "has_mask": bool(files.labelled),
-        "affine": affine.tolist(),
-        "shape": list(shape),
-        "spacing": spacing.tolist(),
-        "source_axcodes": list(image.source_axcodes),
-        "kept_slices": None if kept_all else keep.tolist(),
-        "shard_shape": [int(channels.shape[0]), int(channels.shape[1]), int(shape[2])],
-        "channels": int(channels.shape[-1]),
-        "shard_spacing": shard_spacing.tolist(),
-        "lesion_voxels": int(mask.sum()),
-        "lesion_ml": float(mask.sum()) * voxel_ml,
-        "lesion_slices": np.flatnonzero(labels[:, 0]).tolist(),
-        "slice_labels": labels.tolist(),
-        "has_icm": icm_s is not None,
+        "settings": plan.fingerprint(),
+        "modality": prepared.modality,
+        "has_mask": prepared.labelled,
+        "affine": np.asarray(grid.resampled_affine).tolist(),
+        "shape": list(grid.resampled_shape),
+        "spacing": spacing_of(grid.resampled_affine).tolist(),
+        "source_axcodes": list(prepared.source_axcodes),
+        "kept_slices": None if grid.kept_slices is None else list(grid.kept_slices),
+        "shard_shape": list(grid.shard_shape),
+        "channels": int(prepared.channels.shape[-1]),
+        "shard_spacing": grid.shard_spacing.tolist(),
+        # Counted on the shard grid, as training sees the lesions (6b in issue 8).
+        "lesion_voxels": lesion_voxels,
+        "lesion_ml": lesion_voxels * voxel_volume_ml(grid.shard_spacing),
+        "lesion_slices": np.flatnonzero(prepared.slice_labels[:, 0]).tolist(),
+        "slice_labels": prepared.slice_labels.tolist(),
+        "has_icm": prepared.icm is not None,
+        "grid": grid.to_dict(),
     }
     atomic_write_json(out_dir / "shards" / f"{files.case_id}.json", entry)
     return entry
 
 
-def _reusable(files: CaseFiles, out_dir: Path, settings: dict) -> dict | None:
+def _reusable(files: CaseFiles, out_dir: Path, plan: PreprocessingPlan) -> dict | None:
     sidecar = out_dir / "shards" / f"{files.case_id}.json"
     try:
         entry = json.loads(sidecar.read_text())
         shard = out_dir / entry["shard"]
         if (
-            entry["settings"] == settings_fingerprint(settings)
+            entry["settings"] == plan.fingerprint()
             and entry["sources"] == source_fingerprint(files)
             and shard.stat().st_size == entry["shard_bytes"]
         ):
@@ -307,7 +154,8 @@ def _reusable(files: CaseFiles, out_dir: Path, settings: dict) -> dict | None:
 
 
 def assign_folds(entries: Sequence[dict], n_folds: int, seed: int) -> dict[str, int]:
-    """Volume-level folds stratified by lesion presence: each fold gets its share of both."""
+    """Volume-level folds stratified by lesion presence (in the shards): each fold gets its
+    share of both."""
     rng = np.random.default_rng(seed)
     folds: dict[str, int] = {}
     for has_lesion in (True, False):
@@ -320,12 +168,14 @@ def assign_folds(entries: Sequence[dict], n_folds: int, seed: int) -> dict[str, 
     return folds
 
 
-def build_manifest(entries: Sequence[dict], settings: dict, n_folds: int, seed: int) -> dict:
+def build_manifest(
+    entries: Sequence[dict], plan: PreprocessingPlan, n_folds: int, seed: int
+) -> dict:
     entries = sorted(entries, key=lambda e: e["case_id"])
-    counts = {e.get("channels", len(settings["windows"])) for e in entries}
+    counts = {e["channels"] for e in entries}
     if len(counts) > 1:
-        by_count = {c: [e["case_id"] for e in entries if e.get("channels") == c] for c in counts}
-        raise RuntimeError(f"volumes have different numbers of input channels: {by_count}")
+        by_count = {c: [e["case_id"] for e in entries if e["channels"] == c] for c in counts}
+        raise BuildError(f"volumes have different numbers of input channels: {by_count}")
     folds = assign_folds(entries, n_folds, seed)
     offset = 0
     volumes = []
@@ -335,11 +185,12 @@ def build_manifest(entries: Sequence[dict], settings: dict, n_folds: int, seed: 
         v["record_offset"] = offset
         offset += e["n_slices"]
         volumes.append(v)
+    plan_dict = plan.to_dict()
     return {
         "schema_version": records.SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": settings,
-        "windows": settings["windows"],
+        "plan": plan_dict,
+        "windows": plan_dict["windows"],
         "channels": counts.pop(),
         "slice_labels": list(SLICE_LABELS),
         "n_folds": n_folds,
@@ -358,44 +209,20 @@ def build_shards(
     cases: Sequence[CaseFiles],
     out_dir: Path,
     *,
-    windows: Sequence,
-    size: tuple[int, int] | None = None,
+    plan: PreprocessingPlan,
     n_folds: int = 5,
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
-    dataset: str = "pairs",
-    normalize: Sequence[float] | None = None,
-    spacing: Sequence[float] | None = None,
-    slice_range: Sequence[int] | None = None,
-    min_content: float = 0.0,
-    normalize_method: str = "percentile",
     reader_problems: Sequence[dict] = (),
 ) -> tuple[dict, list[dict]]:
-    """Builds (or completes) the shard folder. Returns (manifest, skipped cases).
+    """Builds (or completes) the shard folder with ``plan``. Returns (manifest, skipped cases).
 
-    normalize: MRI percentile clipping (lo, hi) before scaling to [0, 1] (default 0.5, 99.5).
-    normalize_method: "percentile" or "zscore" (see ``data_prep.mri``).
-    spacing: resample every volume to this voxel spacing (mm) first (None: keep the scan's).
-    slice_range: keep axial slices lo..hi-1 (after resampling; negative counts from the top).
-    min_content: keep slices with at least this fraction of tissue voxels (0: keep all).
     reader_problems: problems the layout reader found ({case_id, file, error}), reported with
-        the build's own skips.
+    the build's own skips.
     """
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    settings = {
-        "dataset": dataset,
-        "windows": [list(w) for w in parse_windows(windows)],
-        "size": list(size) if size else None,
-        "schema_version": records.SCHEMA_VERSION,
-        "normalize": [float(v) for v in normalize] if normalize else None,
-        "spacing": [float(v) for v in spacing] if spacing else None,
-        "slice_range": [int(v) for v in slice_range] if slice_range else None,
-        "min_content": float(min_content),
-        "normalize_method": normalize_method,
-    }
-    mri.check_settings(settings)
     skipped: list[dict] = [dict(p) for p in reader_problems]
     by_id: dict[str, list[CaseFiles]] = {}
     for files in cases:
@@ -415,7 +242,7 @@ def build_shards(
                 )
             continue
         files = group[0]
-        entry = _reusable(files, out_dir, settings)
+        entry = _reusable(files, out_dir, plan)
         if entry is not None:
             entries.append(entry)
         else:
@@ -444,7 +271,7 @@ def build_shards(
     if workers <= 1:
         for files in todo:
             try:
-                entries.append(process_case(files, out_dir, settings))
+                entries.append(process_case(files, out_dir, plan))
             except Exception as err:  # one bad case must not stop the others
                 record_failure(files, err)
             bar.update()
@@ -452,7 +279,7 @@ def build_shards(
         # spawn: the caller may already run JAX threads, which fork would copy in a broken state.
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {pool.submit(process_case, f, out_dir, settings): f for f in todo}
+            futures = {pool.submit(process_case, f, out_dir, plan): f for f in todo}
             for future in concurrent.futures.as_completed(futures):
                 try:
                     entries.append(future.result())
@@ -465,8 +292,11 @@ def build_shards(
     entries = [e for e in entries if e["case_id"] not in skipped_ids]
     if not entries:
         atomic_write_json(out_dir / SKIPPED, skipped)
-        raise RuntimeError(f"{out_dir}: no case could be built ({len(skipped)} skipped)")
-    manifest = build_manifest(entries, settings, n_folds, seed)
+        raise BuildError(
+            f"{out_dir}: no case could be built ({len(skipped)} skipped, listed in "
+            f"{out_dir / SKIPPED})"
+        )
+    manifest = build_manifest(entries, plan, n_folds, seed)
     atomic_write_json(out_dir / MANIFEST, manifest)
     skipped_path = out_dir / SKIPPED
     if skipped:
@@ -474,6 +304,43 @@ def build_shards(
     elif skipped_path.exists():
         skipped_path.unlink()
     return manifest, skipped
+
+
+def plan_for_cases(dataset: str, cases: Sequence[CaseFiles], options: Mapping) -> PreprocessingPlan:
+    """The plan for a dataset's cases: ``options`` over the dataset's and modality's defaults."""
+    modality = dataset_modality(dataset, [c.modality for c in cases])
+    return resolve_plan(dataset, modality, options, get_layout(dataset).plan_defaults)
+
+
+def build_dataset(
+    dataset: str,
+    src: Path,
+    out: Path,
+    options: Mapping,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Reads ``src`` in the ``dataset`` layout, resolves the plan from ``options`` (see
+    ``data_prep.plan.plan_options``) and builds the shards into ``out``: what the command line
+    and a training run both call. Returns (manifest, skipped)."""
+    cases, problems = read_layout(dataset, src)
+    plan = plan_for_cases(dataset, cases, options)
+    return build_shards(
+        cases,
+        out,
+        plan=plan,
+        n_folds=n_folds,
+        seed=seed,
+        workers=workers,
+        progress=progress,
+        reader_problems=problems,
+    )
+
+
+# ------------------------------------------------------------------------------ command line
 
 
 def parse_window_arg(text: str) -> list:
@@ -497,23 +364,12 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.replace(":", ",").split(",") if v.strip()]
 
 
-# Per-dataset defaults (the CLI and configs override them). CT: the label-efficient paper's
-# [-50, 150] HU window, INSTANCE 2022 its three windows; MRI: normalized, the unit window.
-DATASET_DEFAULTS: dict[str, dict] = {
-    "instance2022": {"windows": ["brain", "subdural", "wide"]},
-}
-MODALITY_WINDOWS = {"CT": ["ich"], "MR": ["unit"]}
-
-
-def default_windows(dataset: str, cases: Sequence[CaseFiles]) -> list:
-    if "windows" in DATASET_DEFAULTS.get(dataset, {}):
-        return list(DATASET_DEFAULTS[dataset]["windows"])
-    modality = cases[0].modality if cases else "CT"
-    return list(MODALITY_WINDOWS.get(modality, ["ich"]))
-
-
 def load_config_data(spec: str):
-    """``path/to/config.py[:variant]`` -> its ``config.data`` (the options of a training config)."""
+    """``path/to/config.py[:variant]`` -> its ``config.data`` (the options of a training config).
+
+    The file is executed like any config file (its ``get_config(variant)``); only its ``data``
+    section is used.
+    """
     import importlib.util
 
     path, _, arg = spec.partition(":")
@@ -525,7 +381,7 @@ def load_config_data(spec: str):
     return module.get_config(arg or None).data
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.build_shards",
         description=__doc__,
@@ -570,8 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--allow-skips", action="store_true", help="exit 0 even when some cases were skipped"
     )
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         d = load_config_data(args.config) if args.config else None
     except Exception as err:
@@ -585,8 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cli_value is not None:
             return cli_value
         if d is not None and key in d and d[key] not in ("", (), None):
-            value = d[key]
-            return list(value) if isinstance(value, tuple) else value
+            return d[key]
         return default
 
     dataset = pick(args.dataset, "dataset", "pairs")
@@ -595,27 +454,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if src is None or out is None:
         parser.error("--src and --out are required (or a --config with data.raw_dir/shards_dir)")
     src, out = Path(src).expanduser(), Path(out).expanduser()
-    size = pick(args.size, "size", 0)
+    options = plan_options(d) if d is not None else {}
+    given = {
+        "windows": args.windows,
+        "size": args.size,
+        "spacing": args.spacing,
+        "slice_range": args.slices,
+        "min_content": args.min_content,
+        "normalize": args.normalize,
+        "normalize_method": args.normalize_method,
+    }
+    options.update(plan_options({k: v for k, v in given.items() if v is not None}))
+    if args.size == 0:  # an explicit 0 keeps the scan's size over a config's size
+        options.pop("size", None)
     try:
-        cases, problems = read_layout(dataset, src)
-        manifest, skipped = build_shards(
-            cases,
+        manifest, skipped = build_dataset(
+            dataset,
+            src,
             out,
-            windows=pick(args.windows, "windows", None) or default_windows(dataset, cases),
-            size=(size, size) if size else None,
+            options,
             n_folds=pick(args.folds, "n_folds", 5),
             seed=pick(args.seed, "fold_seed", 0),
             workers=pick(args.workers, "prep_workers", min(4, os.cpu_count() or 1)),
             progress=not args.no_progress,
-            dataset=dataset,
-            normalize=pick(args.normalize, "normalize", None),
-            spacing=pick(args.spacing, "spacing", None),
-            slice_range=pick(args.slices, "slice_range", None),
-            min_content=pick(args.min_content, "min_content", 0.0),
-            normalize_method=pick(args.normalize_method, "normalize_method", "percentile"),
-            reader_problems=problems,
         )
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, NotADirectoryError, ValueError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     c = manifest["counts"]
@@ -630,5 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console-script entry point (see pyproject.toml)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

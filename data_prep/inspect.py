@@ -24,11 +24,11 @@ import numpy as np
 
 from data_prep.dicom import SeriesInfo, read_dicom_series_with_info
 from data_prep.volumes import CaseError, Volume, load_nifti_ras
+from lesionjax.core.formats import NIFTI_SUFFIXES
 
 PERCENTILES = (1, 5, 50, 95, 99)
 # An image is shown as a mask when its values are integers and there are at most this many.
 MAX_MASK_LABELS = 16
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def inspect_path(path: Path, *, series_uid: str | None = None) -> dict:
@@ -187,5 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console-script entry point (see pyproject.toml)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

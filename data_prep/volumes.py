@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +25,9 @@ class Volume:
     into the list of DICOM files given to the reader. None when the stored slice axis is not
     the axial one (then per-slice labels from a CSV cannot be attached).
     modality: "CT" (data in HU) or "MR" (arbitrary units until normalized).
+    native_affine, native_shape: the grid as stored in the file (before reorientation), where
+    predictions are written back; None for a volume read straight into RAS+ (a DICOM series,
+    whose native grid is the de-tilted volume itself).
     """
 
     data: np.ndarray
@@ -33,6 +37,14 @@ class Volume:
     path: Path
     source_slice: np.ndarray | None = None
     modality: str = "CT"
+    native_affine: np.ndarray | None = None
+    native_shape: tuple[int, int, int] | None = None
+
+    def native_grid(self) -> tuple[tuple[int, int, int], np.ndarray]:
+        """(shape, affine) of the native grid (see the class docstring)."""
+        if self.native_affine is None:
+            return tuple(self.data.shape), self.affine
+        return tuple(self.native_shape), self.native_affine
 
 
 def load_nifti_ras(path: Path, *, dtype=np.float32) -> Volume:
@@ -62,6 +74,8 @@ def load_nifti_ras(path: Path, *, dtype=np.float32) -> Volume:
         tuple(source_axcodes),
         path,
         source_slice=_axial_source_slices(img.affine, data.shape[2]),
+        native_affine=np.asarray(img.affine, np.float64),
+        native_shape=tuple(int(n) for n in img.shape[:3]),
     )
 
 
@@ -88,17 +102,34 @@ def check_same_grid(volume: Volume, image: Volume, what: str) -> None:
         )
 
 
-def binarize_mask(mask: Volume, image: Volume, *, nonzero: bool = False) -> np.ndarray:
+def binarize_mask(
+    mask: Volume,
+    image: Volume,
+    *,
+    nonzero: bool = False,
+    labels: Sequence[int] | None = None,
+) -> np.ndarray:
     """Checks a mask against its image and returns it as uint8 {0, 1}.
 
     Accepted values: {0, 1} and {0, 255} (a common export of 8-bit tools). Any other value is
     rejected rather than guessed (a label map with several classes needs an explicit mapping),
     unless ``nonzero``: then the mask is a label map of non-negative integers and every label > 0
-    is foreground (the nnU-Net / Decathlon convention for "lesion of any class").
+    is foreground (the nnU-Net / Decathlon convention for "lesion of any class"); ``labels``
+    then lists the values the dataset declares, and a mask holding any other value is rejected
+    with the values named (as nnU-Net's dataset integrity check does).
     """
     check_same_grid(mask, image, "mask")
     values = np.unique(mask.data)
     if nonzero and values.min() >= 0 and np.all(values == np.rint(values)):
+        if labels is not None:
+            undeclared = sorted(set(int(v) for v in values) - {int(v) for v in labels})
+            if undeclared:
+                shown = ", ".join(str(v) for v in undeclared[:8])
+                declared = ", ".join(str(v) for v in sorted(labels))
+                raise CaseError(
+                    f"{mask.path}: mask value(s) {shown} not declared in dataset.json labels "
+                    f"({declared})"
+                )
         return (mask.data > 0).astype(np.uint8)
     if set(values.tolist()) <= {0.0, 1.0}:
         return mask.data.astype(np.uint8)

@@ -24,8 +24,8 @@ from PIL import Image  # noqa: E402
 
 # Run from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lesionjax.data.labels import SUBTYPE_ABBREV, SUBTYPES  # noqa: E402
-from lesionjax.data.phantom import generate_case  # noqa: E402
+from data_prep.synthetic.phantom import generate_case  # noqa: E402
+from lesionjax.core.labels import SUBTYPE_ABBREV, SUBTYPES  # noqa: E402
 
 COLOURS = dict(zip(SUBTYPES, ("#ff3030", "#ffa000", "#30d0ff", "#40ff40", "#ff40ff"), strict=True))
 ICM_COLOUR = "#ffe066"
@@ -89,7 +89,7 @@ def render(out: Path) -> None:
     handles.append(Line2D([], [], color=ICM_COLOUR, lw=1, ls="--", label="intracranial cavity"))
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=10, frameon=False)
     fig.suptitle(
-        "lesionjax.data.phantom: synthetic head CT, 512x512x32 at 0.45x0.45x5 mm, "
+        "data_prep.synthetic.phantom: synthetic head CT, 512x512x32 at 0.45x0.45x5 mm, "
         "window [0, 80] HU, radiological view (patient right on the left)",
         fontsize=12,
     )

@@ -25,7 +25,11 @@ from PIL import Image  # noqa: E402
 
 # Run from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lesionjax.data import real_anatomy as ra  # noqa: E402
+from data_prep.synthetic import (
+    ct_hemorrhage,  # noqa: E402
+    mri_stroke,  # noqa: E402
+)
+from data_prep.synthetic import real_anatomy as ra  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # (source folder, kind, lesion type, seed)
@@ -59,11 +63,11 @@ def render(out: Path) -> None:
             hosts[folder] = ra.load_real_source(SHARED / folder, kind)
         volume, kwargs, prefix = hosts[folder]
         if kind == "hemorrhage":
-            gen = ra.hemorrhage_cases_from_ct(
+            gen = ct_hemorrhage.hemorrhage_cases_from_ct(
                 volume, 1, seed, subtype_probs={name: 1.0}, lesion_fraction=1.0, **kwargs
             )
         else:
-            gen = ra.stroke_cases_from_mri(
+            gen = mri_stroke.stroke_cases_from_mri(
                 volume, 1, seed, territory_probs={name: 1.0}, lesion_fraction=1.0, **kwargs
             )
         case = next(gen)
@@ -86,8 +90,8 @@ def render(out: Path) -> None:
         for ax in axes[row]:
             ax.axis("off")
     fig.suptitle(
-        "lesionjax.data.real_anatomy: synthetic hemorrhages in real head CT (window [0, 80] HU)"
-        " and chronic strokes in the MNI152 T1; radiological view",
+        "data_prep.synthetic.real_anatomy: synthetic hemorrhages in real head CT (window [0, 80]"
+        " HU) and chronic strokes in the MNI152 T1; radiological view",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.985))

@@ -32,8 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lesionjax.cli import mark_absl_parsed, run_command
+from lesionjax.core.errors import UserError
+from lesionjax.core.windows import uint8_to_unit
 
-class EvaluationError(Exception):
+
+class EvaluationError(UserError):
     """A run folder or a comparison cannot be evaluated; the message names the file and why."""
 
 
@@ -47,9 +51,7 @@ class Run:
     state: object  # step.TrainState (replicated)
     step: int
     best_val_dice: float | None
-    graphdef: object
-    mesh: object
-    state_sharding: object
+    run_state: object  # train.state.RunState
     predictor: object  # inference.VolumePredictor
 
 
@@ -79,113 +81,35 @@ def load_config(workdir: Path):
     return config
 
 
-def _checkpoint_manager(ckpt_dir: Path):
-    """A read-only Orbax manager over the trainer's checkpoints (best: the trainer's metric)."""
-    import orbax.checkpoint as ocp
-    from absl import logging
-
-    from lesionjax.train import trainer
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # Orbax warns that a read-only manager is read-only
-    try:
-        return ocp.CheckpointManager(
-            ckpt_dir,
-            options=ocp.CheckpointManagerOptions(
-                best_fn=trainer.best_metric,
-                best_mode="max",
-                read_only=True,
-                create=False,
-                save_interval_steps=0,
-            ),
-            item_names=trainer.CHECKPOINT_ITEMS,
-        )
-    finally:
-        logging.set_verbosity(verbosity)
-
-
 def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     """Restores a run: config, shards, model state at ``step`` (default: the best checkpoint by
     validation Dice, or the latest when none has a validation score) and a predictor."""
-    import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from lesionjax.data import pipeline
-    from lesionjax.data.prepare import shards_dir
+    from lesionjax.data.shards import ShardSet
     from lesionjax.eval.inference import VolumePredictor
-    from lesionjax.train import step as step_lib
-    from lesionjax.train import trainer
-    from lesionjax.train.trainer import make_mesh, make_model_fn
+    from lesionjax.tasks.data import shards_dir
+    from lesionjax.train import state as state_lib
 
     workdir = Path(workdir)
     config = load_config(workdir)
     if config.task != "segment2d":
         raise EvaluationError(f"{workdir / 'config.json'}: task {config.task!r} has no evaluation")
-    ckpt_dir = (workdir / "checkpoints").absolute()
-    steps = sorted(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit() and p.is_dir())
-    if not steps:
+    if not state_lib.saved_steps(workdir):
         raise EvaluationError(
-            f"{ckpt_dir}: no checkpoint; train the run first (python -m lesionjax.main "
-            f"--config ... --workdir {workdir})"
+            f"{state_lib.checkpoint_dir(workdir)}: no checkpoint; train the run first (python -m "
+            f"lesionjax.main --config ... --workdir {workdir})"
         )
+    shards = ShardSet.load(shards_dir(config, workdir))
+    run_state = state_lib.build_run_state(config, shards.n_channels)
+    manager = state_lib.open_checkpoints(workdir, read_only=True)
     try:
-        shards = pipeline.ShardSet.load(shards_dir(config, workdir))
-    except (FileNotFoundError, ValueError) as err:
-        raise EvaluationError(str(err)) from None
-
-    import orbax.checkpoint as ocp
-
-    manager = _checkpoint_manager(ckpt_dir)
-    try:
-        if step is None:
-            best = manager.best_step()
-            metrics = manager.metrics(best) if best is not None else None
-            step = best if metrics else manager.latest_step()
-        elif step not in manager.all_steps():
-            raise EvaluationError(
-                f"{ckpt_dir}: no checkpoint at step {step} (have: "
-                f"{', '.join(map(str, manager.all_steps()))})"
-            )
-        metrics = manager.metrics(step)
-        best_val = (
-            float(trainer.best_metric(metrics))
-            if metrics and trainer.BEST_METRIC in metrics
-            else None
-        )
-
-        mesh = make_mesh()
-        tx, _ = step_lib.make_optimizer(
-            config.optim.lr,
-            1,  # the schedule's values do not change the optimizer state's structure
-            decay_rate=config.optim.decay_rate,
-            weight_decay=config.optim.weight_decay,
-        )
-        graphdef, init_fn = step_lib.make_init_fn(make_model_fn(config, shards.n_channels), tx)
-        abstract = jax.eval_shape(init_fn, jax.random.key(0))
-        replicated = NamedSharding(mesh, P())
-        state_sharding = jax.tree.map(lambda _: replicated, abstract)
-        target = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            abstract,
-            state_sharding,
-        )
-        try:
-            state = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-            )["state"]
-        except (ValueError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise EvaluationError(
-                f"{ckpt_dir / str(step)}: checkpoint does not match the model of "
-                f"{workdir / 'config.json'} ({first})"
-            ) from None
+        step, best_val = state_lib.pick_step(manager, step)
+        state = state_lib.restore_state(manager, step, run_state)
     finally:
         manager.close()
     predictor = VolumePredictor(
-        step_lib.make_predict_fn(graphdef),
-        mesh,
-        state_sharding,
+        run_state.predict_fn(),
+        run_state.mesh,
+        run_state.state_sharding,
         batch_size=config.eval.batch_size,
     )
     return Run(
@@ -193,11 +117,9 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
         config=config,
         shards=shards,
         state=state,
-        step=int(step),
+        step=step,
         best_val_dice=best_val,
-        graphdef=graphdef,
-        mesh=mesh,
-        state_sharding=state_sharding,
+        run_state=run_state,
         predictor=predictor,
     )
 
@@ -222,7 +144,7 @@ def reevaluate(
     """
     import jax
 
-    from lesionjax.data import pipeline
+    from lesionjax.data import sampling
     from lesionjax.eval.evaluate_volumes import (
         evaluate_cases,
         make_features_fn,
@@ -237,8 +159,11 @@ def reevaluate(
     config = run.config
     split = split or config.eval.split
     threshold = config.eval.threshold if threshold is None else float(threshold)
+    from lesionjax.eval.metrics import NSD_TOLERANCE_MM
+    from lesionjax.tasks.segment2d import check_has_masks
+
     try:
-        case_ids = pipeline.split_case_ids(run.shards, config.data.test_fold, config.data.val_fold)
+        case_ids = sampling.split_case_ids(run.shards, config.data.test_fold, config.data.val_fold)
     except ValueError as err:
         raise EvaluationError(f"{run.workdir / 'config.json'}: {err}") from None
     if split not in case_ids:
@@ -248,6 +173,9 @@ def reevaluate(
         raise EvaluationError(
             f"{run.shards.root / 'manifest.json'}: no volumes in the {split!r} split"
         )
+    check_has_masks(run.shards, case_ids, f"evaluation ({split})")
+    # Runs trained before the tolerance was a config value used INSTANCE 2022's.
+    nsd_tolerance = config.eval.get("nsd_tolerance_mm", NSD_TOLERANCE_MM)
 
     per_volume, overlays = evaluate_cases(
         run.predictor,
@@ -258,13 +186,14 @@ def reevaluate(
         n_overlays=config.eval.n_overlays,
         progress=progress,
         auc=True,
+        nsd_tolerance_mm=nsd_tolerance,
     )
     features = None
     if tsne_slices > 0:
         extractor = VolumePredictor(
-            make_features_fn(run.graphdef),
-            run.mesh,
-            run.state_sharding,
+            make_features_fn(run.run_state.graphdef),
+            run.run_state.mesh,
+            run.run_state.state_sharding,
             batch_size=config.eval.batch_size,
         )
         slices = select_feature_slices(run.shards, case_ids, max_slices=tsne_slices)
@@ -284,6 +213,7 @@ def reevaluate(
                 "checkpoint_step": run.step,
                 "best_val_dice": run.best_val_dice,
                 "threshold": threshold,
+                "nsd_tolerance_mm": nsd_tolerance,
                 "evaluated_by": "lesionjax.evaluate",
                 "seconds": {"total": round(time.perf_counter() - t0, 1)},
             },
@@ -360,15 +290,15 @@ def _add_missing_subtypes(results: Results) -> None:
     """Results written before per-volume subtypes existed: read them from the run's manifest."""
     if all("subtypes" in v for v in results.per_volume) or results.workdir is None:
         return
-    from lesionjax.data import pipeline
-    from lesionjax.data.prepare import shards_dir
+    from lesionjax.data.shards import ShardSet
     from lesionjax.eval.evaluate_volumes import case_subtypes
+    from lesionjax.tasks.data import shards_dir
 
     try:
-        shards = pipeline.ShardSet.load(shards_dir(load_config(results.workdir), results.workdir))
+        shards = ShardSet.load(shards_dir(load_config(results.workdir), results.workdir))
         for v in results.per_volume:
             v.setdefault("subtypes", ";".join(case_subtypes(shards, str(v["case_id"]))))
-    except (EvaluationError, FileNotFoundError, ValueError, KeyError):
+    except (UserError, ValueError, KeyError):
         pass  # no subtype groups in the box plots; the metrics are unaffected
 
 
@@ -460,7 +390,7 @@ def overlay_examples(
         z = int(np.argmax(area)) if np.any(area) else ref["gt"].shape[2] // 2
         examples.append(
             {
-                "image": ref["image"][:, :, z, 0].astype(np.float32) / 255.0,
+                "image": uint8_to_unit(ref["image"][:, :, z, 0]),
                 "gt": ref["gt"][:, :, z],
                 "pred": {name: p[:, :, z] for name, p in ref["pred"].items()},
                 "title": f"{case} z={z}",
@@ -547,22 +477,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lesionjax.evaluate`` and the ``lesionjax-evaluate`` entry point."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.compare and not args.out:
         parser.error("--compare needs --out OUTDIR")
-    # grain reads absl flags; outside absl.app.run they must be marked parsed.
-    from absl import flags, logging
+    mark_absl_parsed()
+    from absl import logging
 
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-    from lesionjax.distributed import initialize_from_env
 
-    initialize_from_env()  # before any JAX computation
-    import jax
+    def body() -> int:
+        from lesionjax.distributed import initialize_from_env
 
-    try:
+        initialize_from_env()  # before any JAX computation
+        import jax
+
         if args.workdir:
             summary = reevaluate(
                 args.workdir,
@@ -582,11 +512,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.compare, args.out, names=names, metric=args.metric, n_overlays=args.n_overlays
             )
             print(f"report: {written['report']}")
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_command(body)
+
+
+def cli() -> None:
+    """The console-script entry point (see pyproject.toml)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

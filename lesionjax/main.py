@@ -1,4 +1,5 @@
-"""The main job: ``python -m lesionjax.main --config configs/<experiment>.py [--workdir DIR]``.
+"""The main job: ``python -m lesionjax.main --config configs/<experiment>.py [--workdir DIR]``
+(also ``lesionjax-train``).
 
 Override any config value with ``--config.a.b=value``; pick a variant with
 ``--config configs/file.py:variant``.
@@ -12,6 +13,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lesionjax.cli import absl_flags_parser, run_command
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
 
@@ -21,30 +24,32 @@ def main(argv) -> int:
     if not flags.FLAGS["verbosity"].present:
         # Orbax and grain log every save at INFO; keep the console to the progress bar.
         logging.set_verbosity(logging.WARNING)
-    from lesionjax.distributed import initialize_from_env
 
-    initialize_from_env()  # before any JAX computation
+    def body() -> int:
+        from lesionjax.distributed import initialize_from_env
 
-    import jax
+        initialize_from_env()  # before any JAX computation
+        import jax
 
-    from lesionjax.data.prepare import DataNotFoundError
-    from lesionjax.train.tasks import format_result, run_task
-    from lesionjax.train.trainer import NonFiniteLossError
+        from lesionjax.tasks import format_result, run_task
 
-    config = _CONFIG.value
-    workdir = Path(_WORKDIR.value or Path("runs") / config.get("name", "run"))
-    try:
+        config = _CONFIG.value
+        workdir = Path(_WORKDIR.value or Path("runs") / config.get("name", "run"))
         summary = run_task(config, workdir)
-    except (DataNotFoundError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if jax.process_index() == 0:
-        print(format_result(summary))
-        print(f"report: {summary['report']}")
-        print(f"summary: {workdir / 'eval' / 'summary.json'}")
-    return 0
+        if jax.process_index() == 0:
+            print(format_result(summary))
+            print(f"report: {summary['report']}")
+            print(f"summary: {workdir / 'eval' / 'summary.json'}")
+        return 0
+
+    return run_command(body)
+
+
+def cli() -> None:
+    """The ``lesionjax-train`` entry point."""
+    flags.mark_flag_as_required("config")
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=absl_flags_parser)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli()

@@ -29,7 +29,7 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory) -> pathlib.Path:
     """Ten small synthetic head CTs (64x64x12) in the pairs layout, generated once per session."""
-    from lesionjax.data import phantom
+    from data_prep.synthetic import phantom
 
     root = tmp_path_factory.mktemp("phantom")
     phantom.generate_dataset(
@@ -41,12 +41,18 @@ def tiny_phantom(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_phantom, tmp_path_factory) -> pathlib.Path:
     """The tiny phantom set built into shards (brain + ich windows, 5 folds)."""
-    from data_prep.build_shards import build_shards
-    from data_prep.layouts import read_pairs_layout
+    from data_prep.build_shards import build_shards, plan_for_cases
+    from data_prep.layouts.pairs import read_pairs_layout
 
     out = tmp_path_factory.mktemp("shards")
     _, skipped = build_shards(
-        read_pairs_layout(tiny_phantom), out, windows=["brain", "ich"], n_folds=5, progress=False
+        read_pairs_layout(tiny_phantom),
+        out,
+        plan=plan_for_cases(
+            "pairs", read_pairs_layout(tiny_phantom), {"windows": ["brain", "ich"]}
+        ),
+        n_folds=5,
+        progress=False,
     )
     assert not skipped, skipped
     return out

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
 
+from lesionjax.core.windows import uint8_to_unit
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -105,7 +107,7 @@ def make_augment_fn(cfg: AugmentConfig | None):
 
     def augment(key: jax.Array, batch: dict) -> dict:
         batch = dict(batch)
-        image = batch["image"].astype(jnp.float32) * (1.0 / 255.0)
+        image = uint8_to_unit(batch["image"])
         mask = batch["mask"].astype(jnp.float32)
         if cfg.enabled:
             keys = jax.random.split(key, image.shape[0])

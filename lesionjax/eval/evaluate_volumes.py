@@ -17,11 +17,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lesionjax.atomic import atomic_write_text
-from lesionjax.data.labels import SLICE_LABELS, SUBTYPES
-from lesionjax.data.pipeline import ShardSet
+from lesionjax.core.atomic import atomic_write_text
+from lesionjax.core.labels import SLICE_LABELS, SUBTYPES
+from lesionjax.core.windows import uint8_to_unit
+from lesionjax.data.shards import ShardSet
 from lesionjax.eval.inference import VolumePredictor
-from lesionjax.eval.metrics import summarize, volume_metrics
+from lesionjax.eval.metrics import NSD_TOLERANCE_MM, summarize, volume_metrics
 from lesionjax.eval.report import read_metrics_log, write_report
 
 
@@ -61,7 +62,7 @@ def _overlay_example(case_id: str, image: np.ndarray, gt: np.ndarray, pred: np.n
     area = gt.sum(axis=(0, 1)) if gt.any() else pred.sum(axis=(0, 1))
     k = int(np.argmax(area)) if area.any() else image.shape[2] // 2
     return {
-        "image": image[:, :, k, 0].astype(np.float32) / 255.0,
+        "image": uint8_to_unit(image[:, :, k, 0]),
         "gt": gt[:, :, k],
         "pred": pred[:, :, k],
         "title": f"{case_id} z={k}",
@@ -79,11 +80,13 @@ def evaluate_cases(
     progress: bool = True,
     auc: bool = False,
     surface: bool = True,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> tuple[list[dict], list[dict]]:
     """Per-volume metrics (at shard resolution, spacing in mm from the manifest) and overlay
     examples: the lesion volumes with the largest lesions and the lesion-free volume with the
     most false-positive voxels (if any). ``auc``: also the voxel ROC AUC of the probabilities;
-    ``surface=False`` skips the surface distances (validation during training)."""
+    ``surface=False`` skips the surface distances (validation during training);
+    ``nsd_tolerance_mm``: the normalized surface Dice's tolerance (``eval.nsd_tolerance_mm``)."""
     from tqdm import tqdm
 
     source = shards.source()
@@ -101,6 +104,7 @@ def evaluate_cases(
             spacing=entry["shard_spacing"],
             prob=probs if auc else None,
             surface=surface,
+            nsd_tolerance_mm=nsd_tolerance_mm,
         )
         subtypes = ";".join(case_subtypes(shards, case_id))
         per_volume.append(
@@ -172,7 +176,7 @@ def slice_features(
     ``extractor``: a `VolumePredictor` built on `make_features_fn`. Returns {"features": (N, C)
     float32, "lesion": (N,) bool, "subtypes": (N, len(SUBTYPES)) bool}.
     """
-    from lesionjax.data import records
+    from lesionjax.core import records
 
     source = shards.source()
     images, lesion, subtypes = [], [], []

@@ -1,9 +1,9 @@
 """Comparison figures: side-by-side overlays of several models, per-subtype box plots, p-value
 heatmaps and t-SNE plots of bottleneck features.
 
-Same conventions as `report`: `matplotlib.figure.Figure` on an Agg canvas (no pyplot, no global
-state), the report's FONT, atomic PNG writes through `report._save_figure`, and slices shown with
-`report.to_display` (anterior up, patient right on the right).
+Same conventions as the report (``plotting``): `matplotlib.figure.Figure` on an Agg canvas (no
+pyplot, no global state), its FONT, atomic PNG writes through `plotting.save_figure`, and slices
+shown with `plotting.to_display` (anterior up, patient right on the right).
 
 Inputs are plain data (per-volume dicts, arrays), so every figure can be drawn from saved results
 without JAX.
@@ -19,18 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionjax.data.labels import SUBTYPE_ABBREV, SUBTYPES
+from lesionjax.core.labels import SUBTYPE_ABBREV, SUBTYPES
 from lesionjax.eval.metrics import overlap_metrics
-from lesionjax.eval.report import (
+from lesionjax.eval.plotting import (
     FONT,
     GT_COLOUR,
     PRED_COLOURS,
-    _check_example,
-    _draw_contour,
-    _legend_handle,
-    _message_figure,
-    _new_figure,
-    _save_figure,
+    check_example,
+    draw_contour,
+    legend_handle,
+    message_figure,
+    new_figure,
+    save_figure,
     to_display,
 )
 from lesionjax.eval.stats import format_p
@@ -88,9 +88,9 @@ def plot_model_overlays(
     Returns:
       ``Path(path)``; no examples write a figure saying "no examples".
     """
-    checked = [_check_example(i, ex) for i, ex in enumerate(examples)]
+    checked = [check_example(i, ex) for i, ex in enumerate(examples)]
     if not checked:
-        return _save_figure(_message_figure("no examples"), path)
+        return save_figure(message_figure("no examples"), path)
     models = list(dict.fromkeys(name for _, _, preds in checked for name in preds))
     colours = {name: PRED_COLOURS[k % len(PRED_COLOURS)] for k, name in enumerate(models)}
 
@@ -98,7 +98,7 @@ def plot_model_overlays(
 
     with matplotlib.rc_context(FONT):
         rows, cols = len(checked), 2 + len(models)
-        fig = _new_figure((2.7 * cols, 2.95 * rows + 0.7))
+        fig = new_figure((2.7 * cols, 2.95 * rows + 0.7))
         axes = fig.subplots(rows, cols, squeeze=False)
         for row, ((image, gt, preds), example) in enumerate(zip(checked, examples, strict=True)):
             shown, gt_shown = to_display(image), to_display(gt)
@@ -109,22 +109,22 @@ def plot_model_overlays(
             axes[row, 0].set_ylabel(str(example.get("title", f"example {row}")))
             axes[row, 0].set_title("image")
             _fill(axes[row, 1], gt_shown, GT_COLOUR, alpha=0.45)
-            _draw_contour(axes[row, 1], gt_shown, GT_COLOUR)
+            draw_contour(axes[row, 1], gt_shown, GT_COLOUR)
             axes[row, 1].set_title(f"{gt_label}\n{int(gt.sum())} px", fontsize=10)
             for col, name in enumerate(models, start=2):
                 ax = axes[row, col]
-                _draw_contour(ax, gt_shown, GT_COLOUR, linestyle="--")
+                draw_contour(ax, gt_shown, GT_COLOUR, linestyle="--")
                 label = textwrap.shorten(name, 28, placeholder="…")
                 if name not in preds:
                     ax.set_title(f"{label}\n(no prediction)", fontsize=10)
                     continue
                 mask = to_display(preds[name])
                 _fill(ax, mask, colours[name])
-                _draw_contour(ax, mask, colours[name])
+                draw_contour(ax, mask, colours[name])
                 dice = overlap_metrics(preds[name], gt)["dice"]
                 ax.set_title(f"{label}\nDice {dice:.3f}", fontsize=10)
-        handles = [_legend_handle(GT_COLOUR, gt_label)]
-        handles += [_legend_handle(colours[m], m) for m in models]
+        handles = [legend_handle(GT_COLOUR, gt_label)]
+        handles += [legend_handle(colours[m], m) for m in models]
         fig.legend(
             handles=handles,
             loc="outside lower center",
@@ -132,7 +132,7 @@ def plot_model_overlays(
             frameon=False,
         )
         fig.get_layout_engine().set(h_pad=0.04, w_pad=0.02)
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ box plots
@@ -202,7 +202,7 @@ def plot_metric_boxplots(
     """
     groups = volume_groups(methods, subtypes)
     if not groups[0][1]:
-        return _save_figure(_message_figure("no volumes"), path)
+        return save_figure(message_figure("no volumes"), path)
     names = list(methods)
     n_methods = len(names)
 
@@ -212,7 +212,7 @@ def plot_metric_boxplots(
     rng = np.random.default_rng(0)  # jitter of the points only
     with matplotlib.rc_context(FONT):
         n_boxes = len(groups) * n_methods
-        fig = _new_figure((max(6.5, 0.62 * n_boxes + 2.8), 4.6))
+        fig = new_figure((max(6.5, 0.62 * n_boxes + 2.8), 4.6))
         ax = fig.add_subplot()
         positions, labels, centres = [], [], []
         for g, (_, ids) in enumerate(groups):
@@ -268,7 +268,7 @@ def plot_metric_boxplots(
                 for k, name in enumerate(names)
             ]
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ p-values
@@ -320,7 +320,7 @@ def plot_p_value_heatmap(
     norm = LogNorm(vmin=vmin, vmax=1.0)
     with matplotlib.rc_context(FONT):
         side = max(3.6, 0.95 * n + 1.6)
-        fig = _new_figure((side * len(panels) + 1.3, side + 0.5))
+        fig = new_figure((side * len(panels) + 1.3, side + 0.5))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         image = None
         for ax, (title, matrix) in zip(axes, panels.items(), strict=True):
@@ -357,7 +357,7 @@ def plot_p_value_heatmap(
         colourbar.set_label(f"p-value, log scale (red line: {alpha:g})")
         colourbar.ax.axhline(alpha, color="red", linewidth=2.0)
         fig.suptitle(f"Welch t-tests between methods: {metric} (bold: p < {alpha:g})")
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ t-SNE
@@ -436,7 +436,7 @@ def plot_tsne(
                 f"({len(features)}, {len(subtype_names)})"
             )
     if len(features) < 4:
-        return _save_figure(_message_figure(f"too few slices for t-SNE ({len(features)})"), path)
+        return save_figure(message_figure(f"too few slices for t-SNE ({len(features)})"), path)
     xy = tsne_embedding(features, seed=seed)
     flags = (
         subtype_labels
@@ -462,7 +462,7 @@ def plot_tsne(
             )
 
     with matplotlib.rc_context(FONT):
-        fig = _new_figure((11.5, 4.8))
+        fig = new_figure((11.5, 4.8))
         left, right = fig.subplots(1, 2)
         scatter(left, ~lesion, NO_LESION_COLOUR, "no lesion")
         scatter(left, lesion, "#d55e00", "lesion")
@@ -485,4 +485,4 @@ def plot_tsne(
             ax.set_ylabel("t-SNE 2")
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
         fig.suptitle(f"{title} ({len(features)} slices)")
-        return _save_figure(fig, path)
+        return save_figure(fig, path)

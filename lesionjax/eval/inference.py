@@ -2,7 +2,9 @@
 
 Every process calls these functions with the same volume (multi-process runs evaluate in
 lock-step); the batch axis is sharded over the mesh's ``data`` axis and the probabilities come
-back replicated, so any process can read them and only process 0 writes results.
+back replicated, so any process can read them and only process 0 writes results. Each device
+takes the rows its sharding names (``jax.make_array_from_callback``), whatever the mesh's device
+order: on TPU meshes a process's devices need not hold a contiguous block of the batch.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from lesionjax.core.windows import uint8_to_unit
 
 
 class VolumePredictor:
@@ -26,8 +29,7 @@ class VolumePredictor:
         self._replicated = NamedSharding(mesh, P())
 
         def predict_uint8(state, image):
-            probs = predict_fn(state, image.astype(jnp.float32) * (1.0 / 255.0))
-            return probs[..., 0]
+            return predict_fn(state, uint8_to_unit(image))[..., 0]
 
         self._predict = jax.jit(
             predict_uint8,
@@ -36,11 +38,9 @@ class VolumePredictor:
         )
 
     def _global(self, batch: np.ndarray) -> jax.Array:
-        # Every process holds the whole batch; it contributes the rows of its own devices.
-        pi, pc = jax.process_index(), jax.process_count()
-        rows = batch.shape[0] // pc
-        return jax.make_array_from_process_local_data(
-            self._batch_sharding, batch[pi * rows : (pi + 1) * rows], batch.shape
+        """Every process holds the whole batch; each of its devices gets the rows it owns."""
+        return jax.make_array_from_callback(
+            batch.shape, self._batch_sharding, lambda index: batch[index]
         )
 
     def predict_slices(self, state, image: np.ndarray) -> np.ndarray:

@@ -1,14 +1,7 @@
-"""Evaluation report: training curves, prediction overlays and a markdown summary.
+"""Evaluation report: training curves, prediction overlays and a markdown summary, and the
+multi-method comparison report (tables, Welch tests and the figures of ``figures``).
 
-Figures are drawn on `matplotlib.figure.Figure` objects with an explicit Agg canvas, never
-through pyplot: no global backend is selected, nothing is left open in a long training process,
-and matplotlib is imported only when a figure is drawn. Every file is written to a temporary name
-in the target folder and renamed with `os.replace`, so a reader (or a killed job) never sees a
-half-written PNG or report.
-
-Display orientation: slices are (X, Y) arrays in RAS voxel order (axis 0: patient left -> right,
-axis 1: posterior -> anterior) and are shown with `to_display`, i.e. anterior up and the patient's
-right on the right of the screen (neurological convention, not radiological).
+Drawing conventions (Agg canvas, atomic writes, display orientation) are those of ``plotting``.
 """
 
 from __future__ import annotations
@@ -18,101 +11,60 @@ import math
 import numbers
 import os
 import re
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from lesionjax.core.atomic import atomic_write_text
 from lesionjax.eval.metrics import format_summary_table, overlap_metrics
+from lesionjax.eval.plotting import (
+    FONT,
+    GT_COLOUR,
+    PRED_COLOURS,
+    check_example,
+    draw_contour,
+    legend_handle,
+    message_figure,
+    new_figure,
+    save_figure,
+    to_display,
+)
 
 CURVE_METRICS = ("loss", "dice", "iou", "precision", "recall", "auc", "lr")
 # Panels drawn even when the log lacks them ("not logged"), so a reader sees what was not tracked.
 REQUIRED_CURVES = ("loss", "dice", "auc", "precision", "recall", "lr")
 PER_VOLUME_COLUMNS = ("dice", "iou", "precision", "recall", "gt_ml", "pred_ml")
-# Colour-blind-safe (Okabe-Ito) colours for prediction contours; ground truth is always green.
-GT_COLOUR = "#00d455"
-PRED_COLOURS = ("#ff3b30", "#56b4e9", "#f0e442", "#cc79a7", "#e69f00", "#ffffff")
 SPLIT_COLOURS = {"train": "#0072b2", "val": "#d55e00", "test": "#009e73"}
-FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10}
 
 
 def read_metrics_log(path: str | os.PathLike) -> list[dict]:
     """Reads a JSONL metrics log: one JSON object per line, blank lines skipped.
 
-    A process killed mid-write leaves a truncated last line; it is dropped. A bad line anywhere
-    else means the file is not a metrics log and raises ValueError naming the line.
+    Robust to what kills and resumes leave behind: a line that does not parse (cut short by a
+    kill, possibly with the resumed run's first record appended to it) is skipped wherever it
+    is, and when a step was logged twice (after the last checkpoint, then again after the
+    resume) only its last record per split is kept, in the position of the first. A file in
+    which no line is a JSON object is not a metrics log: ValueError naming it.
     """
     path = Path(path)
     # Bytes + "replace": a kill can also cut a multi-byte UTF-8 character in half.
     lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    records = []
-    for k, (lineno, line) in enumerate(numbered):
+    by_key: dict = {}
+    for lineno, line in numbered:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if k == len(numbered) - 1:
-                break
-            raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
+        except json.JSONDecodeError:
+            continue
         if not isinstance(record, dict):
             kind = type(record).__name__
             raise ValueError(f"{path}:{lineno}: expected a JSON object, got a {kind}")
-        records.append(record)
-    return records
-
-
-def to_display(slice_xy: np.ndarray) -> np.ndarray:
-    """(X, Y) RAS slice -> (Y, X) image for `imshow`: anterior up, patient right on the right.
-
-    Transposing puts X along the screen's columns (left -> right) and flipping the rows puts the
-    largest Y (anterior) in row 0, which `imshow` draws at the top.
-    """
-    return np.flipud(np.asarray(slice_xy).T)
-
-
-def _new_figure(figsize: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Writes via ``write(file)`` to a temporary sibling, then renames it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would make reports unreadable to the rest of a group.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    path = Path(path)
-    fmt = path.suffix.lstrip(".") or "png"
-    return _write_atomic(
-        path,
-        lambda f: fig.savefig(
-            f, format=fmt, dpi=dpi, facecolor="white", bbox_inches="tight", pad_inches=0.1
-        ),
-    )
-
-
-def _message_figure(message: str):
-    fig = _new_figure((6.0, 3.0))
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=16, color="0.3")
-    ax.set_axis_off()
-    return fig
+        key = (record.get("split"), record["step"]) if "step" in record else ("line", lineno)
+        by_key[key] = record  # a dict keeps the first position and takes the last value
+    if numbered and not by_key:
+        raise ValueError(f"{path}: no line is a JSON object; not a metrics log")
+    return list(by_key.values())
 
 
 def _is_number(value) -> bool:
@@ -158,7 +110,7 @@ def plot_training_curves(
     history = list(history)
     logged = {m for m in metrics if any(_is_number(r.get(m)) for r in history)}
     if not logged:
-        return _save_figure(_message_figure("no data"), path)
+        return save_figure(message_figure("no data"), path)
     present = [m for m in metrics if m in logged or m in required]
     if all(_is_number(r.get("epoch")) for r in history):
         x_key = "epoch"
@@ -172,7 +124,7 @@ def plot_training_curves(
     with matplotlib.rc_context(FONT):
         ncols = min(3, len(present))
         nrows = math.ceil(len(present) / ncols)
-        fig = _new_figure((4.6 * ncols, 3.4 * nrows))
+        fig = new_figure((4.6 * ncols, 3.4 * nrows))
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         splits = list(dict.fromkeys(str(r.get("split", "train")) for r in history))
         for ax, metric in zip(axes, present, strict=False):
@@ -227,40 +179,7 @@ def plot_training_curves(
             ax.legend(loc="best")
         for ax in axes[len(present) :]:
             ax.set_axis_off()
-        return _save_figure(fig, path)
-
-
-def _legend_handle(colour: str, label: str):
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=colour, linewidth=2.0, label=label)
-
-
-def _check_example(i: int, example: Mapping) -> tuple[np.ndarray, np.ndarray, dict]:
-    image = np.asarray(example["image"], np.float64)
-    gt = np.asarray(example["gt"]).astype(bool)
-    pred = example["pred"]
-    preds = dict(pred) if isinstance(pred, Mapping) else {"prediction": pred}
-    preds = {name: np.asarray(p).astype(bool) for name, p in preds.items()}
-    if image.ndim != 2:
-        raise ValueError(f"overlay example {i}: image must be (H, W), got shape {image.shape}")
-    for name, mask in [("gt", gt), *preds.items()]:
-        if mask.shape != image.shape:
-            raise ValueError(
-                f"overlay example {i}: {name} shape {mask.shape} != image shape {image.shape}"
-            )
-    return image, gt, preds
-
-
-def _draw_contour(ax, mask_display: np.ndarray, colour: str, linestyle: str = "-") -> None:
-    if mask_display.any():
-        ax.contour(
-            mask_display.astype(np.float32),
-            levels=[0.5],
-            colors=[colour],
-            linewidths=1.6,
-            linestyles=linestyle,
-        )
+        return save_figure(fig, path)
 
 
 def plot_overlays(
@@ -284,9 +203,9 @@ def plot_overlays(
     """
     if len(columns) != 3:
         raise ValueError(f"columns must name 3 panels (image, ground truth, prediction): {columns}")
-    checked = [_check_example(i, ex) for i, ex in enumerate(examples)]
+    checked = [check_example(i, ex) for i, ex in enumerate(examples)]
     if not checked:
-        return _save_figure(_message_figure("no examples"), path)
+        return save_figure(message_figure("no examples"), path)
     models = list(dict.fromkeys(name for _, _, preds in checked for name in preds))
     colours = {name: PRED_COLOURS[k % len(PRED_COLOURS)] for k, name in enumerate(models)}
 
@@ -294,7 +213,7 @@ def plot_overlays(
 
     with matplotlib.rc_context(FONT):
         rows = len(checked)
-        fig = _new_figure((3 * 3.3, rows * 3.6 + 0.8))
+        fig = new_figure((3 * 3.3, rows * 3.6 + 0.8))
         axes = fig.subplots(rows, 3, squeeze=False)
         for row, ((image, gt, preds), example) in enumerate(zip(checked, examples, strict=True)):
             shown = to_display(image)
@@ -315,12 +234,12 @@ def plot_overlays(
                 alpha=0.45,
                 interpolation="nearest",
             )
-            _draw_contour(axes[row, 1], gt_shown, GT_COLOUR)
+            draw_contour(axes[row, 1], gt_shown, GT_COLOUR)
             axes[row, 1].set_title(f"{columns[1]} ({int(gt.sum())} px)")
-            _draw_contour(axes[row, 2], gt_shown, GT_COLOUR, linestyle="--")
+            draw_contour(axes[row, 2], gt_shown, GT_COLOUR, linestyle="--")
             scores = []
             for name, mask in preds.items():
-                _draw_contour(axes[row, 2], to_display(mask), colours[name])
+                draw_contour(axes[row, 2], to_display(mask), colours[name])
                 dice = overlap_metrics(mask, gt)["dice"]
                 scores.append(f"Dice {dice:.3f}" if len(models) == 1 else f"{name}: {dice:.3f}")
             joined = ", ".join(scores)
@@ -341,10 +260,10 @@ def plot_overlays(
                 va="center",
                 fontweight="bold",
             )
-        handles = [_legend_handle(GT_COLOUR, columns[1])]
-        handles += [_legend_handle(colours[m], m) for m in models]
+        handles = [legend_handle(GT_COLOUR, columns[1])]
+        handles += [legend_handle(colours[m], m) for m in models]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
 
 def _natural_key(case_id) -> list:
@@ -424,7 +343,7 @@ def write_report(
             *_figure_sections(figures),
         ]
     )
-    return _write_atomic(out_dir / "report.md", lambda f: f.write(text.encode("utf-8")))
+    return atomic_write_text(out_dir / "report.md", text)
 
 
 def _figure_sections(figures: Sequence[tuple[str, str | os.PathLike, str]]) -> list[str]:
@@ -435,10 +354,6 @@ def _figure_sections(figures: Sequence[tuple[str, str | os.PathLike, str]]) -> l
             out.append(caption.rstrip() + "\n")
         out.append(f"![{heading}]({Path(file).name})\n")
     return out
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_comparison(
@@ -491,21 +406,21 @@ def write_comparison(
     table_md = []
     for group in stats.GROUPS:
         rows = stats.comparison_table(methods, keys, group=group, counts=True)
-        written[f"table_{group}"] = _write_text(
+        written[f"table_{group}"] = atomic_write_text(
             out_dir / f"table_{group}.csv", stats.rows_csv(rows)
         )
         label = "All volumes" if group == "all" else "Lesion volumes (non-empty ground truth)"
         table_md += [f"### {label}\n", stats.table_markdown(rows, keys)]
     table_text = "\n".join(table_md)
-    written["table"] = _write_text(out_dir / "table.md", table_text)
+    written["table"] = atomic_write_text(out_dir / "table.md", table_text)
 
     tests = []
     for group in stats.GROUPS:
         grouped = {name: stats.group_volumes(pv, group) for name, pv in methods.items()}
         tests += [{"group": group, **row} for row in stats.welch_tests(grouped, keys)]
-    written["welch_tests"] = _write_text(out_dir / "welch_tests.csv", stats.rows_csv(tests))
+    written["welch_tests"] = atomic_write_text(out_dir / "welch_tests.csv", stats.rows_csv(tests))
     welch_text = stats.welch_markdown(tests)
-    _write_text(out_dir / "welch_tests.md", welch_text)
+    atomic_write_text(out_dir / "welch_tests.md", welch_text)
 
     names = list(methods)
     written["boxplots"] = figures.plot_metric_boxplots(
@@ -562,5 +477,5 @@ def write_comparison(
             *_figure_sections(sections),
         ]
     )
-    written["report"] = _write_text(out_dir / "report.md", text)
+    written["report"] = atomic_write_text(out_dir / "report.md", text)
     return written

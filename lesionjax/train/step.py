@@ -1,4 +1,5 @@
-"""Pure train / eval / predict steps over a plain-pytree TrainState, and the optimizer.
+"""Pure train / predict / BatchNorm-statistics steps over a plain-pytree TrainState, and the
+optimizer.
 
 The trainer jits these with shardings, e.g.
 ``jax.jit(train_step, in_shardings=..., out_shardings=..., donate_argnums=0)``. They are plain
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lesionjax.losses import LossFn, soft_dice_per_sample
+from lesionjax.losses import LossFn
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -177,40 +178,6 @@ def make_batch_stats_fn(
         return model_state
 
     return batch_stats
-
-
-def make_eval_step(
-    graphdef: nnx.GraphDef, loss_fn: LossFn
-) -> Callable[[TrainState | tuple[nnx.State, nnx.State], Batch], Metrics]:
-    """A pure ``eval_step(state, batch) -> metrics`` for validation (eval-mode forward).
-
-    metrics (float32 scalars): "loss" (loss_fn with the batch weights), "dice" (weighted mean of
-    the per-sample soft Dice with smooth 1), and the sums "weight", "dice_sum" (sum w_i dice_i),
-    "intersection", "pred_sum", "target_sum" (of the 0.5-thresholded prediction, weighted), so
-    the trainer can aggregate exact weighted means and a pooled hard Dice over many batches.
-    """
-
-    def eval_step(state, batch: Batch) -> Metrics:
-        params, model_state = _variables(state)
-        model = nnx.merge(graphdef, params, model_state)
-        logits = model(batch["image"], train=False).astype(jnp.float32)
-        mask = batch["mask"].astype(jnp.float32)
-        weight = batch["weight"].astype(jnp.float32)
-        dice = soft_dice_per_sample(logits, mask)
-        hard = (logits > 0).astype(jnp.float32)  # sigmoid(z) > 0.5  <=>  z > 0
-        axes = tuple(range(1, mask.ndim))
-        total = jnp.sum(weight)
-        return {
-            "loss": loss_fn(logits, mask, weight),
-            "dice": jnp.sum(weight * dice) / jnp.where(total > 0, total, 1.0),
-            "weight": total,
-            "dice_sum": jnp.sum(weight * dice),
-            "intersection": jnp.sum(weight * jnp.sum(hard * mask, axis=axes)),
-            "pred_sum": jnp.sum(weight * jnp.sum(hard, axis=axes)),
-            "target_sum": jnp.sum(weight * jnp.sum(mask, axis=axes)),
-        }
-
-    return eval_step
 
 
 def train_compiler_options() -> dict[str, str]:

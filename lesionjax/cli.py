@@ -1,0 +1,78 @@
+"""What every command shares: the user-error convention and the flag set-up.
+
+A command's body runs under ``run_command``: a ``UserError`` (bad input: a file, a case, a
+config value) prints ``error: <message>`` on stderr and gives exit status 1; anything else is a
+bug and keeps its traceback. ``absl_flags_parser`` does the same for the main job's absl flags
+(config file, variant and ``--config.a.b=value`` overrides), whose errors absl would otherwise
+print with a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from lesionjax.core.errors import UserError
+
+
+def print_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def run_command(body: Callable[[], int | None]) -> int:
+    """Runs a command's body; a UserError becomes one ``error:`` line and exit status 1."""
+    try:
+        return int(body() or 0)
+    except UserError as err:
+        print_error(str(err))
+        return 1
+
+
+def mark_absl_parsed() -> None:
+    """grain reads absl flags; commands that parse their own arguments mark them parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _config_spec(argv: Sequence[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "the config"
+
+
+def _flag_error(argv: Sequence[str], err: BaseException) -> str:
+    """One line saying which flag or config file failed, and why."""
+    spec = _config_spec(argv)
+    text = str(err)
+    if isinstance(err, AttributeError | KeyError):  # an override naming no config key
+        key = _last_line(text).strip("'\" ").split("'")[0]
+        given = [a for a in argv if re.match(rf"--config\.(\w+\.)*{re.escape(key)}(=|$)", a)]
+        where = given[0] if given else "--config override"
+        return f"{where}: {spec} has no config key {key!r}"
+    message = _last_line(text.split("Error whilst parsing config file:")[-1])
+    if "Error whilst parsing config file" in text:
+        message = re.sub(r"^\w+(Error|Exception): ", "", message)
+        return f"{spec}: {message}"
+    return re.sub(r"^flag ", "", message)
+
+
+def absl_flags_parser(argv: Sequence[str]):
+    """``app.run(main, flags_parser=absl_flags_parser)``: absl's parsing, errors as one line."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(list(argv))
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+        print_error(_flag_error(argv, err))
+        sys.exit(2)

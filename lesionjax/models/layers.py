@@ -1,0 +1,232 @@
+"""Building blocks of the 2D U-Nets (Flax NNX): conv + BatchNorm + ReLU, the fused BN-ReLU,
+max-pooling, the 2x2 transposed conv as one matmul, the double-conv block and the decoder.
+
+BatchNorm (epsilon 1e-3 as Keras, running-average momentum 0.9, see BN_MOMENTUM) uses batch
+statistics when ``train=True`` (and updates its running averages) and the running
+averages otherwise. Convolutions followed by BatchNorm have no bias: BN's mean subtraction cancels
+it exactly (its gradient is 0), and BN's own offset plays its role.
+
+Weights keep the standard layouts (conv kernels HWIO), so checkpoints stay portable.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Running-average momentum of BatchNorm (PyTorch's default, momentum=0.1 there). Keras' 0.99
+# averages over ~100 steps; on short runs with a fast-moving model (lr 3e-3, 18 BN layers) those
+# averages lag so far behind that eval-mode predictions collapse to empty while train-mode ones
+# are right (measured on the demo: held-out lesion Dice 0.0 with 0.99 at step 600).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-3
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2. x: (B, H, W, C) with H, W even -> (B, H/2, W/2, C).
+
+    Written as reshape + max rather than ``reduce_window``: the forward is identical, and the
+    backward is an elementwise mask instead of XLA's select-and-scatter, which is slow on CPU.
+    (At ties the gradient is split among the tied inputs instead of sent to the first one; ties
+    only happen here at exact zeros after ReLU, where the ReLU gradient is 0 anyway.)
+    """
+    b, h, w, c = x.shape
+    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _channel_sums(*xs: jax.Array) -> tuple[jax.Array, ...]:
+    """Per-channel sums over all other axes, float32. Each x: (..., C) -> (C,)."""
+    return tuple(jnp.sum(x, axis=tuple(range(x.ndim - 1)), dtype=jnp.float32) for x in xs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bn_relu_train(x, scale, bias, epsilon):
+    """relu(BatchNorm(x)) with batch statistics; returns (y, batch mean, batch variance).
+
+    x: (B, H, W, C); scale, bias: (C,). Same math as ``nnx.BatchNorm`` (biased variance as
+    E[x^2] - E[x]^2, clipped at 0) followed by ReLU. The hand-written backward reads x and the
+    incoming gradient twice (one pass for the two per-channel sums, one for dx) and writes only
+    dx; autodiff of the unfused ops wrote ~4 full-size intermediates per layer, and at
+    8 x 256 x 256 x 32 took 260 ms against 140 ms for this (fwd + bwd, measured). The ReLU mask
+    is recomputed from x instead of stored. The returned statistics carry no gradient.
+    """
+    outputs, _ = _bn_relu_fwd(x, scale, bias, epsilon)
+    return outputs
+
+
+def _bn_relu_fwd(x, scale, bias, epsilon):
+    n = x.size // x.shape[-1]
+    total, total_sq = _channel_sums(x, jnp.square(x.astype(jnp.float32)))
+    mean = total / n
+    var = jnp.maximum(total_sq / n - jnp.square(mean), 0.0)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    a = scale.astype(jnp.float32) * rstd
+    b = bias.astype(jnp.float32) - mean * a
+    y = jax.nn.relu(x * a + b).astype(x.dtype)
+    return (y, mean, var), (x, mean, rstd, a, b)
+
+
+def _bn_relu_bwd(epsilon, residuals, cotangents):
+    del epsilon
+    x, mean, rstd, a, b = residuals
+    g = cotangents[0]  # the statistics' cotangents are zero: they only feed BatchStat
+    n = x.size // x.shape[-1]
+    g = jnp.where(x * a + b > 0, g, 0).astype(jnp.float32)
+    sum_g, sum_gx = _channel_sums(g, g * x)
+    sum_g_xhat = (sum_gx - mean * sum_g) * rstd  # sum(g * (x - mean) * rstd)
+    dx = a * (g - sum_g / n - (x - mean) * rstd * (sum_g_xhat / n))
+    return dx.astype(x.dtype), sum_g_xhat, sum_g
+
+
+_bn_relu_train.defvjp(lambda x, s, b, e: _bn_relu_fwd(x, s, b, e), _bn_relu_bwd)
+
+
+def batch_norm_relu(bn: nnx.BatchNorm, x: jax.Array, *, train: bool) -> jax.Array:
+    """``relu(bn(x, use_running_average=not train))`` with a fused train-mode backward.
+
+    Uses ``bn``'s parameters and statistics (and updates its running averages in train mode as
+    ``nnx.BatchNorm`` does), so the parameter tree and checkpoints are those of nnx.BatchNorm.
+    x: (B, H, W, C) -> (B, H, W, C).
+    """
+    scale, bias = bn.scale[...], bn.bias[...]
+    if not train:
+        a = scale * jax.lax.rsqrt(bn.var[...] + bn.epsilon)
+        return jax.nn.relu(x * a + (bias - bn.mean[...] * a)).astype(x.dtype)
+    y, mean, var = _bn_relu_train(x, scale, bias, bn.epsilon)
+    m = bn.momentum
+    bn.mean[...] = m * bn.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+    bn.var[...] = m * bn.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+    return y
+
+
+class ConvTranspose2x2(nnx.Module):
+    """2x2 transposed convolution with stride 2 (upsampling by 2), HWIO kernel (2, 2, C_in, C_out).
+
+    Numerically equal to ``nnx.ConvTranspose(c_in, c_out, (2, 2), strides=(2, 2),
+    padding="VALID")`` with the same parameters (``lax.conv_transpose`` without kernel
+    transposition correlates the zero-dilated input, so the kernel enters spatially flipped).
+    Because the kernel size equals the stride, the output patches do not overlap: output pixel
+    (2h + i, 2w + j) = x[h, w] @ kernel[1 - i, 1 - j] + bias.
+    So it is one matmul to 4 * C_out channels followed by a depth-to-space shuffle, which XLA runs
+    as a plain GEMM instead of a zero-dilated convolution (4x fewer FLOPs forward and backward).
+
+    x: (B, H, W, C_in) -> (B, 2H, 2W, C_out).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
+        # Same initializers as nnx.ConvTranspose (lecun_normal over the HWIO fan-in, zero bias).
+        kernel_init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(
+            kernel_init(rngs.params(), (2, 2, in_features, out_features), param_dtype)
+        )
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, _ = x.shape
+        kernel = self.kernel[...].astype(self.dtype)[::-1, ::-1]
+        c_out = kernel.shape[-1]
+        # (B, H, W, C_in) x (2, 2, C_in, C_out) -> (B, H, 2, W, 2, C_out): no overlap, one GEMM.
+        y = jnp.einsum("bhwc,ijcd->bhiwjd", x.astype(self.dtype), kernel)
+        y = y.reshape(b, 2 * h, 2 * w, c_out)
+        return y + self.bias[...].astype(self.dtype)
+
+
+class ConvBNReLU(nnx.Module):
+    """conv3x3 ('SAME', no bias) -> BN -> ReLU. x: (B, H, W, C_in) -> (B, H/s, W/s, C_out)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        strides: int = 1,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
+        self.conv = nnx.Conv(
+            in_features,
+            out_features,
+            (3, 3),
+            strides=strides,
+            padding="SAME",
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.bn = batch_norm(out_features, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return batch_norm_relu(self.bn, self.conv(x), train=train)
+
+
+def batch_norm(features: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.BatchNorm:
+    return nnx.BatchNorm(
+        features,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+class DoubleConv(nnx.Module):
+    """The baseline block: 2 x (conv3x3 + BN + ReLU). x: (B, H, W, C_in) -> (B, H, W, C_out)."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, **dt):
+        self.first = ConvBNReLU(in_features, out_features, rngs=rngs, **dt)
+        self.second = ConvBNReLU(out_features, out_features, rngs=rngs, **dt)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.second(self.first(x, train=train), train=train)
+
+
+def check_features(features: Sequence[int]) -> tuple[int, ...]:
+    features = tuple(int(f) for f in features)
+    if len(features) < 2 or any(f < 1 for f in features):
+        raise ValueError(f"features {features}: expected >= 2 positive widths, e.g. (32, 64)")
+    return features
+
+
+def check_input(x: jax.Array, in_channels: int, levels: int) -> None:
+    if x.ndim != 4 or x.shape[-1] != in_channels:
+        raise ValueError(f"input shape {x.shape}: expected (B, H, W, {in_channels})")
+    factor = 2 ** (levels - 1)
+    h, w = x.shape[1:3]
+    if h % factor or w % factor:
+        raise ValueError(
+            f"input shape {x.shape}: H and W must be divisible by 2**(len(features)-1) = {factor}"
+        )
+
+
+class UNetDecoder(nnx.Module):
+    """Baseline decoder: per level, up 2x2 -> concat skip -> 2 x (conv3x3 + BN + ReLU)."""
+
+    def __init__(self, features: tuple[int, ...], *, rngs: nnx.Rngs, **dt):
+        ups, blocks = [], []
+        for deep, shallow in zip(features[:0:-1], features[-2::-1], strict=True):
+            ups.append(ConvTranspose2x2(deep, shallow, rngs=rngs, **dt))
+            blocks.append(DoubleConv(2 * shallow, shallow, rngs=rngs, **dt))
+        self.ups = nnx.List(ups)
+        self.blocks = nnx.List(blocks)
+
+    def __call__(self, x: jax.Array, skips: list[jax.Array], *, train: bool) -> jax.Array:
+        """x: bottleneck output; skips: encoder outputs from deepest to shallowest."""
+        for up, block, skip in zip(self.ups, self.blocks, skips, strict=True):
+            x = block(jnp.concatenate([up(x), skip], axis=-1), train=train)
+        return x

@@ -1,0 +1,23 @@
+"""The tasks the main job dispatches on (``config.task``): the top floor, which may use both
+the offline stage (``data_prep``) and the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lesionjax.core.errors import ConfigError
+from lesionjax.tasks.segment2d import run_segmentation
+
+TASKS = {"segment2d": run_segmentation}
+
+
+def run_task(config, workdir: Path) -> dict:
+    if config.task not in TASKS:
+        raise ConfigError(f"task={config.task!r}: expected one of {sorted(TASKS)}")
+    return TASKS[config.task](config, workdir)
+
+
+def format_result(summary: dict) -> str:
+    keys = ("mean_dice", "mean_dice_all", "n_volumes", "n_lesion_volumes", "seconds")
+    return json.dumps({k: summary.get(k) for k in keys})

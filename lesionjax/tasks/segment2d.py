@@ -1,0 +1,101 @@
+"""The 2D segmentation task: data -> shards -> train (resuming) -> evaluate -> report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+
+from lesionjax.core.errors import UserError
+from lesionjax.data import sampling
+from lesionjax.data.shards import ShardSet
+from lesionjax.tasks.data import prepare_shards
+
+
+class NoMasksError(UserError):
+    """Segmentation needs lesion masks and the dataset has none (RSNA, plain CQ500)."""
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_has_masks(shards: ShardSet, case_ids, what: str) -> None:
+    """Refuses volumes built without a mask: their all-zero masks would train the model to
+    predict nothing and score an empty prediction as perfect."""
+    missing = shards.unlabelled(case_ids)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        dataset = shards.plan.get("dataset", "?")
+        raise NoMasksError(
+            f"{shards.root / 'manifest.json'}: {len(missing)} of the {len(case_ids)} volumes "
+            f"for {what} have no lesion mask (has_mask: false; {shown}); dataset {dataset!r} "
+            "gives slice labels only, and segmentation needs masks"
+        )
+
+
+def run_segmentation(config, workdir: Path) -> dict:
+    """Data -> shards -> train (resuming) -> evaluate the test fold -> report.
+
+    Returns the evaluation summary (also written to ``workdir/eval/summary.json``).
+    """
+    from lesionjax.eval.evaluate_volumes import evaluate_cases, write_evaluation
+    from lesionjax.models.registry import check_model_config
+    from lesionjax.train.trainer import train
+
+    check_model_config(config.model)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    progress = config.get("progress", True)
+    t0 = time.perf_counter()
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+    shards = prepare_shards(config, workdir, progress=progress)
+    t_data = time.perf_counter() - t0
+
+    split = sampling.split_case_ids(shards, config.data.test_fold, config.data.val_fold)
+    eval_split = config.eval.split
+    check_has_masks(shards, split["train"] + split["val"], "training and validation")
+    check_has_masks(shards, split[eval_split], f"evaluation ({eval_split})")
+    result = train(config, workdir, shards, split)
+    t_train = time.perf_counter() - t0 - t_data
+
+    per_volume, overlays = evaluate_cases(
+        result.predictor,
+        result.state,
+        shards,
+        split[eval_split],
+        threshold=config.eval.threshold,
+        n_overlays=config.eval.n_overlays,
+        progress=progress,
+        auc=True,
+        nsd_tolerance_mm=config.eval.nsd_tolerance_mm,
+    )
+    summary = {}
+    if is_main:
+        summary = write_evaluation(
+            workdir,
+            per_volume,
+            overlays,
+            split=eval_split,
+            extra={
+                "checkpoint_step": result.checkpoint_step,
+                "best_val_dice": result.best_val_dice,
+                "threshold": config.eval.threshold,
+                "nsd_tolerance_mm": config.eval.nsd_tolerance_mm,
+                "seconds": {
+                    "data": round(t_data, 1),
+                    "train": round(t_train, 1),
+                    "total": round(time.perf_counter() - t0, 1),
+                },
+            },
+            title=f"lesionjax evaluation: {config.get('name', 'run')} ({eval_split} fold "
+            f"{config.data.test_fold})",
+        )
+    _sync("eval-written")
+    return summary

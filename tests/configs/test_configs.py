@@ -1,0 +1,58 @@
+"""Experiment configs load, hold the papers' settings, and fail fast without their data."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ml_collections import config_flags  # noqa: F401 - the loader the main job uses
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, arg=None):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_seg_cq500_holds_the_mixed_baseline():
+    c = _load("seg_cq500")
+    assert c.data.windows == ((-50.0, 150.0),) and c.data.size == 256
+    assert (c.train.batch_size, c.train.epochs) == (32, 40)
+    assert (c.optim.lr, c.optim.decay_rate, c.optim.weight_decay) == (1e-3, 0.96, 1e-6)
+    assert (c.data.policy, c.data.normal_ratio, c.data.normal_weight) == ("mixed", 2.0, 0.2)
+    assert c.data.n_folds == 5 and c.loss == "dice"
+    assert tuple(c.model.features) == (32, 64, 128, 256, 512)
+    assert (c.augment.translate, c.augment.rotate_deg, tuple(c.augment.scale)) == (
+        0.1,
+        15.0,
+        (0.9, 1.1),
+    )
+    assert _load("seg_cq500", "ich_only").data.policy == "lesion"
+
+
+def test_demo_config_is_locked_and_consistent():
+    c = _load("demo")
+    assert c.is_locked
+    levels = len(c.model.features) - 1
+    assert c.data.phantom.shape[0] % 2**levels == 0
+
+
+def test_seg_cq500_without_data_fails_fast_with_directions(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "lesionjax.main", f"--config={REPO / 'configs' / 'seg_cq500.py'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "Seg-CQ500 was not found at 'data/seg_cq500'" in out.stderr
+    assert "configs/demo.py" in out.stderr
+    assert not (tmp_path / "runs" / "seg_cq500_mixed" / "checkpoints").exists()

@@ -1,0 +1,70 @@
+"""preprocess_case: slice labels and lesion counts are those of the mask as stored in the shard."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from data_prep.build_shards import build_shards
+from data_prep.layouts.base import CaseFiles
+from data_prep.plan import PreprocessingPlan
+from data_prep.preprocess import preprocess_case
+from lesionjax.data.shards import ShardSet
+
+
+def _write(tmp_path, name, mask, subtypes=None):
+    shape = mask.shape
+    image = np.full(shape, 30.0, np.float32)
+    image[mask > 0] = 70.0
+    affine = np.diag([1.0, 1.0, 5.0, 1.0])
+    paths = {}
+    for folder, data in (("images", image), ("masks", mask), ("subtypes", subtypes)):
+        if data is None:
+            continue
+        (tmp_path / folder).mkdir(exist_ok=True)
+        paths[folder] = tmp_path / folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), str(paths[folder]))
+    return CaseFiles(name, paths["images"], paths["masks"], subtypes=paths.get("subtypes"))
+
+
+def _masks(tiny: bool):
+    """64 x 64 x 4: slice 1 holds a 12 x 12 lesion; slice 2 a single voxel when ``tiny``."""
+    mask = np.zeros((64, 64, 4), np.uint8)
+    mask[20:32, 20:32, 1] = 1
+    if tiny:
+        mask[40, 40, 2] = 1
+    return mask
+
+
+def test_a_lesion_lost_in_the_resize_is_not_a_lesion_slice(tmp_path):
+    mask = _masks(tiny=True)
+    subtypes = mask * 2  # intraparenchymal (SUBTYPES[1]) wherever there is lesion
+    files = _write(tmp_path, "c", mask, subtypes)
+    plan = PreprocessingPlan("pairs", "CT", windows=("brain",), size=(16, 16))
+    prepared = preprocess_case(files, plan)
+    stored_any = prepared.mask.reshape(-1, 4).any(axis=0)
+    assert stored_any.tolist() == [False, True, False, False]  # the single voxel is gone
+    assert prepared.slice_labels[:, 0].tolist() == [0, 1, 0, 0]
+    # The subtype flag only stands where "any" does.
+    assert prepared.slice_labels[:, 2].tolist() == [0, 1, 0, 0]
+
+
+def test_manifest_counts_and_folds_come_from_the_stored_masks(tmp_path):
+    # Case "tiny" has only a one-voxel lesion: at 16 x 16 it has none, so it is a lesion-free
+    # volume for the fold stratification and the manifest's counts.
+    tiny = np.zeros((64, 64, 4), np.uint8)
+    tiny[40, 40, 2] = 1
+    cases = [_write(tmp_path, "big", _masks(tiny=False)), _write(tmp_path, "tiny", tiny)]
+    plan = PreprocessingPlan("pairs", "CT", windows=("brain",), size=(16, 16))
+    manifest, skipped = build_shards(cases, tmp_path / "out", plan=plan, n_folds=2, progress=False)
+    assert not skipped
+    shards = ShardSet.load(tmp_path / "out")
+    for v in manifest["volumes"]:
+        stored = shards.read_volume(v["case_id"])["mask"]
+        assert v["lesion_voxels"] == int(stored.sum())
+        assert v["lesion_slices"] == np.flatnonzero(stored.reshape(-1, 4).any(axis=0)).tolist()
+    by_id = {v["case_id"]: v for v in manifest["volumes"]}
+    assert by_id["tiny"]["lesion_voxels"] == 0 and by_id["tiny"]["lesion_slices"] == []
+    assert manifest["counts"]["lesion_volumes"] == 1
+    # The folds are stratified on these counts: one lesion volume, one lesion-free one.
+    assert by_id["big"]["fold"] != by_id["tiny"]["fold"]

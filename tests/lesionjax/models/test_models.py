@@ -1,0 +1,229 @@
+"""UNet2D / ResUNet2D: shapes, size checks, BatchNorm modes, dropout, and rewritten layers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lesionjax.models import layers
+from lesionjax.models.registry import build_model
+from lesionjax.models.resunet2d import ResUNet2D
+from lesionjax.models.unet2d import UNet2D
+
+SMALL = (4, 8, 16)
+
+
+def _normal(seed: int, shape: tuple[int, ...]) -> jnp.ndarray:
+    # NumPy draws: jax.random would compile a threefry kernel per shape (seconds on XLA:CPU).
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _rbg(seed: int) -> jax.Array:
+    return jax.random.key(seed, impl="rbg")
+
+
+def _output_shape(cls, x_shape, features=SMALL, out_channels=1, **kw):
+    """Output shape of a freshly built model, traced abstractly (no compilation)."""
+
+    def run():
+        model = cls(x_shape[-1], out_channels, features, rngs=nnx.Rngs(0), **kw)
+        return model(jnp.zeros(x_shape), train=True, rngs=nnx.Rngs(dropout=_rbg(1)))
+
+    return jax.eval_shape(run).shape
+
+
+def _build(cls, in_channels=1, out_channels=1, features=SMALL, **kw):
+    """A concrete model whose initialization ran in one jit (fast to compile with RBG keys)."""
+
+    def make(key):
+        return cls(in_channels, out_channels, features, rngs=nnx.Rngs(params=key), **kw)
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(_rbg(0))))
+    state = jax.jit(lambda k: nnx.state(make(k)))(_rbg(0))
+    return nnx.merge(graphdef, state)
+
+
+@nnx.jit(static_argnames="train")
+def _forward(model, x, train, rngs=None):
+    return model(x, train=train, rngs=rngs)
+
+
+@pytest.mark.parametrize("cls", [UNet2D, ResUNet2D])
+@pytest.mark.parametrize("features", [(4, 8), (4, 8, 16), (2, 4, 8, 16, 32)])
+def test_output_shape_equals_input_resolution(cls, features):
+    assert _output_shape(cls, (2, 32, 32, 3), features, out_channels=2) == (2, 32, 32, 2)
+
+
+@pytest.mark.parametrize("cls", [UNet2D, ResUNet2D])
+def test_non_square_input(cls):
+    assert _output_shape(cls, (1, 16, 48, 1)) == (1, 16, 48, 1)
+
+
+@pytest.mark.parametrize("cls", [UNet2D, ResUNet2D])
+def test_size_not_divisible_by_downsampling_raises(cls):
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(len\\(features\\)-1\\) = 4"):
+        _output_shape(cls, (1, 30, 32, 1))
+
+
+def test_wrong_channel_count_raises():
+    def run():
+        return UNet2D(1, 1, SMALL, rngs=nnx.Rngs(0))(jnp.zeros((1, 32, 32, 3)))
+
+    with pytest.raises(ValueError, match="expected \\(B, H, W, 1\\)"):
+        jax.eval_shape(run)
+
+
+def test_default_unet_is_the_paper_baseline():
+    model = nnx.eval_shape(lambda: UNet2D(1, rngs=nnx.Rngs(0)))
+    assert model.features == (32, 64, 128, 256, 512)
+    assert model.encoder[0].first.conv.kernel.shape == (3, 3, 1, 32)  # HWIO
+    assert model.encoder[4].second.conv.kernel.shape == (3, 3, 512, 512)
+    assert model.decoder.ups[0].kernel.shape == (2, 2, 512, 256)
+    assert model.decoder.blocks[-1].first.conv.kernel.shape == (3, 3, 64, 32)
+    assert model.head.kernel.shape == (1, 1, 32, 1)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return _build(UNet2D)
+
+
+def test_eval_mode_is_deterministic_and_leaves_batch_stats(unet):
+    model = unet
+    x = _normal(1, (2, 32, 32, 1))
+    before = nnx.state(model, nnx.BatchStat)
+    y1 = _forward(model, x, False)
+    y2 = _forward(model, x, False)
+    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))
+    after = nnx.state(model, nnx.BatchStat)
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def test_train_mode_updates_batch_stats(unet):
+    model = nnx.clone(unet)
+    x = _normal(1, (2, 32, 32, 1))
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    _forward(model, x, True)
+    after = nnx.state(model, nnx.BatchStat)
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
+    assert all(jax.tree.leaves(changed))
+
+
+def test_resunet_dropout_only_in_train_mode():
+    model = _build(ResUNet2D, features=(4, 8))
+    x = _normal(1, (2, 32, 32, 1))
+    a = _forward(model, x, True, nnx.Rngs(dropout=_rbg(0)))
+    b = _forward(model, x, True, nnx.Rngs(dropout=_rbg(1)))
+    assert not np.allclose(np.asarray(a), np.asarray(b))
+    e1 = _forward(model, x, False, nnx.Rngs(dropout=_rbg(0)))
+    e2 = _forward(model, x, False, None)
+    np.testing.assert_array_equal(np.asarray(e1), np.asarray(e2))
+
+
+def test_build_model_names():
+    for name, cls in (("unet2d", UNet2D), ("resunet2d", ResUNet2D)):
+        model = nnx.eval_shape(lambda n=name: build_model(n, 1, 1, SMALL, rngs=nnx.Rngs(0)))
+        assert type(model) is cls
+    with pytest.raises(ValueError, match="model.name='vnet': expected one of"):
+        build_model("vnet", 1, 1, SMALL, rngs=nnx.Rngs(0))
+
+
+def _model_config(**kw):
+    import ml_collections
+
+    from lesionjax.config_defaults import segmentation_config
+
+    m = segmentation_config().model
+    m.features = SMALL
+    for k, v in kw.items():
+        m[k] = v
+    return ml_collections.ConfigDict(m.to_dict())
+
+
+def test_model_from_config_passes_only_the_options_the_model_takes():
+    from lesionjax.models.registry import model_from_config
+
+    # unet2d takes no dropout: the config's dropout value is not passed to it.
+    unet = nnx.eval_shape(lambda: model_from_config(_model_config(), 2, rngs=nnx.Rngs(0)))
+    assert type(unet) is UNet2D and unet.in_channels == 2
+    res = nnx.eval_shape(
+        lambda: model_from_config(
+            _model_config(name="resunet2d", dropout=0.25), 2, rngs=nnx.Rngs(0)
+        )
+    )
+    assert type(res) is ResUNet2D
+    assert {b.dropout.rate for b in res.encoder} == {0.25}
+
+
+def test_output_prior_sets_the_head_bias():
+    from lesionjax.models.registry import model_from_config
+
+    model = model_from_config(_model_config(output_prior=0.01), 1, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(model.head.bias[...]), np.log(0.01 / 0.99), rtol=1e-6)
+
+
+def test_more_than_one_output_channel_is_refused_at_config_time():
+    from lesionjax.models.registry import check_model_config
+
+    with pytest.raises(ValueError, match="model.out_channels=2: the segmentation losses"):
+        check_model_config(_model_config(out_channels=2))
+
+
+def test_transposed_conv_equals_nnx_conv_transpose():
+    reference = nnx.ConvTranspose(
+        3, 5, (2, 2), strides=(2, 2), padding="VALID", rngs=nnx.Rngs(params=_rbg(1))
+    )
+    reference.bias[...] = _normal(2, (5,))
+    layer = layers.ConvTranspose2x2(3, 5, rngs=nnx.Rngs(params=_rbg(3)))
+    layer.kernel[...] = reference.kernel[...]
+    layer.bias[...] = reference.bias[...]
+    x = _normal(0, (2, 4, 6, 3))
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(reference(x)), atol=1e-5)
+
+
+def test_max_pool_equals_reduce_window_forward_and_gradient():
+    # Continuous random values: no ties, where both gradients are defined the same.
+    x = _normal(0, (2, 8, 6, 3))
+    pooled = layers.max_pool_2x2(x)
+    reference = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(np.asarray(pooled), np.asarray(reference))
+    g = _normal(1, pooled.shape)
+    grad = jax.grad(lambda v: jnp.sum(layers.max_pool_2x2(v) * g))(x)
+    grad_ref = jax.grad(lambda v: jnp.sum(nnx.max_pool(v, (2, 2), strides=(2, 2)) * g))(x)
+    np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_ref))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_batch_norm_relu_equals_nnx_batch_norm_then_relu(train):
+    x = 2.0 * _normal(0, (2, 6, 5, 3)) + 0.5
+    g = _normal(1, x.shape)
+
+    def make():
+        bn = nnx.BatchNorm(3, momentum=0.9, epsilon=1e-3, rngs=nnx.Rngs(0))
+        bn.scale[...] = jnp.array([0.5, 1.0, 2.0])
+        bn.bias[...] = jnp.array([0.1, -0.2, 0.0])
+        bn.mean[...] = jnp.array([0.3, 0.0, -0.1])
+        bn.var[...] = jnp.array([1.5, 0.7, 1.0])
+        return bn
+
+    def loss(fn, bn, x):
+        return jnp.sum(fn(bn, x) * g)
+
+    def fused(bn, x):
+        return layers.batch_norm_relu(bn, x, train=train)
+
+    def reference(bn, x):
+        return jax.nn.relu(bn(x, use_running_average=not train))
+
+    bn_a, bn_b = make(), make()
+    grads_a = nnx.grad(lambda bn, x: loss(fused, bn, x), argnums=(0, 1))(bn_a, x)
+    grads_b = nnx.grad(lambda bn, x: loss(reference, bn, x), argnums=(0, 1))(bn_b, x)
+    np.testing.assert_allclose(fused(make(), x), reference(make(), x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads_a[1], grads_b[1], rtol=1e-4, atol=1e-6)  # d/dx
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(
+            grads_a[0][name][...], grads_b[0][name][...], rtol=1e-4, atol=1e-6, err_msg=name
+        )
+    for name in ("mean", "var"):  # running averages updated alike (train) or untouched (eval)
+        np.testing.assert_allclose(getattr(bn_a, name)[...], getattr(bn_b, name)[...], rtol=1e-6)

@@ -1,0 +1,215 @@
+"""Training end to end on the tiny phantom set: learning, resume after a kill, NaN stop."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesionjax.data import sampling
+from lesionjax.data.shards import ShardSet
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def tiny_config(shards_dir: Path, **overrides):
+    sys.path.insert(0, str(REPO / "configs"))
+    try:
+        import demo
+    finally:
+        sys.path.pop(0)
+    config = demo.get_config("tiny")
+    config.unlock()
+    config.progress = False
+    config.data.source = "folder"
+    config.data.shards_dir = str(shards_dir)
+    config.data.windows = ("brain", "ich")
+    config.data.policy = "all"
+    config.train.log_every = 1
+    for key, value in overrides.items():
+        node = config
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_and_evaluates(tiny_shards, tmp_path):
+    from lesionjax.train.trainer import train
+
+    config = tiny_config(
+        tiny_shards,
+        **{
+            "train.epochs": 25,
+            "train.batch_size": 4,
+            "train.checkpoint_every_epochs": 5,
+            "optim.decay_rate": 1.0,
+            "data.policy": "lesion",
+        },
+    )
+    shards = ShardSet.load(tiny_shards)
+    split = sampling.split_case_ids(shards, 0, 1)
+    result = train(config, tmp_path, shards, split)
+    log = _read_jsonl(tmp_path / "metrics.jsonl")
+    train_log = [r for r in log if r["split"] == "train"]
+    assert [r["step"] for r in train_log] == list(range(1, len(train_log) + 1))  # log_every=1
+    train_losses = [r["loss"] for r in train_log]
+    first, last = sum(train_losses[:3]) / 3, sum(train_losses[-3:]) / 3
+    assert last < first - 0.05, (first, last)
+    val = [r for r in log if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == list(range(1, 26))
+    # The evaluated state is the best checkpoint's, by validation Dice.
+    best = max(val[4::5], key=lambda r: r["dice"])  # checkpoints every 5 epochs
+    assert result.checkpoint_step == best["step"]
+    assert result.best_val_dice == pytest.approx(best["dice"])
+
+
+def _order(workdir: Path) -> dict[int, list[int]]:
+    return {r["step"]: r["index"] for r in _read_jsonl(workdir / "data_order.jsonl")}
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
+    tiny_main_command, child_env, tmp_path
+):
+    def cmd(workdir):
+        return tiny_main_command(
+            workdir, "--config.data.windows=('brain','ich')", "--config.train.epochs=6"
+        )
+
+    env = child_env(2)
+    reference = tmp_path / "reference"
+    subprocess.run(cmd(reference), env=env, check=True, capture_output=True)
+
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(
+        cmd(resumed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    ckpt = resumed / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(p.name) for p in ckpt.glob("*") if p.name.isdigit()] if ckpt.exists() else []
+        if steps:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name) for p in ckpt.glob("*") if p.name.isdigit())
+
+    out = subprocess.run(cmd(resumed), env=env, check=True, capture_output=True, text=True)
+    assert f"at step {killed_at}" in out.stdout + out.stderr
+
+    ref_order, res_order = _order(reference), _order(resumed)
+    assert sorted(res_order) == sorted(ref_order)
+    assert res_order == ref_order
+    # The same final parameters as the uninterrupted run (same machine: within float noise;
+    # a resume from the wrong step, state or data position is off by far more).
+    last = max(ref_order) + 1
+    for a, b in zip(
+        _checkpoint_params(reference, last), _checkpoint_params(resumed, last), strict=True
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    # And the same evaluation, volume by volume.
+    ref = json.loads((reference / "eval" / "per_volume.json").read_text())
+    res = json.loads((resumed / "eval" / "per_volume.json").read_text())
+    assert [v["case_id"] for v in res] == [v["case_id"] for v in ref] and ref
+    for r, v in zip(ref, res, strict=True):
+        for key in ("dice", "precision", "recall", "pred_voxels"):
+            assert v[key] == pytest.approx(r[key], abs=1e-6), (r["case_id"], key)
+    # Steps logged between the checkpoint and the kill appear once in each log.
+    steps = [r["step"] for r in _read_jsonl(resumed / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == sorted(set(steps))
+    order_steps = [r["step"] for r in _read_jsonl(resumed / "data_order.jsonl")]
+    assert order_steps == list(range(last))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_the_step(tiny_shards, tmp_path):
+    from lesionjax.train.trainer import NonFiniteLossError, train
+
+    config = tiny_config(tiny_shards, **{"optim.lr": 1e30, "train.epochs": 3})
+    shards = ShardSet.load(tiny_shards)
+    with pytest.raises(NonFiniteLossError, match=r"step \d+: loss (nan|inf|-inf), gradient norm"):
+        train(config, tmp_path, shards, sampling.split_case_ids(shards, 0, 1))
+
+
+def _checkpoint_params(workdir: Path, step: int):
+    """The parameters saved at ``step``, as NumPy arrays (restored without the trainer)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = (workdir / "checkpoints" / str(step) / "state").absolute()
+    restored = ocp.StandardCheckpointer().restore(path)
+    return [np.asarray(x) for x in jax.tree.leaves(restored["params"])]
+
+
+@pytest.mark.slow
+def test_non_finite_gradient_after_a_checkpoint_is_never_saved_and_resuming_works(
+    tiny_shards, tmp_path, monkeypatch
+):
+    """A batch without lesion pixels makes the loss below finite but its gradient NaN
+    (0 * d sqrt(x)/dx at x = 0). It comes at the last step of epoch 2, when epoch 1's checkpoint
+    exists: training must stop before saving epoch 2, and a restart resumes from epoch 1."""
+    import jax
+    import jax.numpy as jnp
+
+    from lesionjax.losses import soft_dice_loss
+    from lesionjax.train import step as step_lib
+    from lesionjax.train import trainer
+
+    config = tiny_config(
+        tiny_shards,
+        **{"train.epochs": 3, "train.batch_size": 4, "data.policy": "lesion", "data.val_fold": -1},
+    )
+    shards = ShardSet.load(tiny_shards)
+    split = sampling.split_case_ids(shards, 0, None)
+    n_lesion = len(sampling.sample_training_slices(shards, split["train"], "lesion")[0])
+    steps_per_epoch = n_lesion // 4
+    bad_step = 2 * steps_per_epoch - 1  # the step index ending epoch 2
+
+    def sqrt_dice(logits, target, weights=None):
+        overlap = jnp.sum(jax.nn.sigmoid(logits) * target)
+        return soft_dice_loss(logits, target, weights) + 0.0 * jnp.sqrt(overlap)
+
+    original = step_lib.make_train_step
+
+    def poisoned(graphdef, tx, loss_fn, **kw):
+        inner = original(graphdef, tx, sqrt_dice, **kw)
+
+        def step(state, batch, key):
+            mask = jnp.where(state.step == bad_step, jnp.zeros_like(batch["mask"]), batch["mask"])
+            return inner(state, {**batch, "mask": mask}, key)
+
+        return step
+
+    config.loss = "dice"
+    with monkeypatch.context() as patch:
+        patch.setattr(step_lib, "make_train_step", poisoned)
+        with pytest.raises(trainer.NonFiniteLossError) as err:
+            trainer.train(config, tmp_path, shards, split)
+    message = str(err.value)
+    assert message.startswith(f"step {bad_step + 1}: loss ")
+    assert "gradient norm nan" in message
+    assert f"the last checkpoint is step {steps_per_epoch}" in message
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [steps_per_epoch]
+    assert all(np.isfinite(p).all() for p in _checkpoint_params(tmp_path, steps_per_epoch))
+
+    result = trainer.train(config, tmp_path, shards, split)  # the real step again: resumes
+    assert result.checkpoint_step == 3 * steps_per_epoch
+    leaves = jax.tree.leaves(result.state.params)
+    assert all(bool(jnp.isfinite(x).all()) for x in leaves)
