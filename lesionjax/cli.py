@@ -62,9 +62,23 @@ def _flag_error(argv: Sequence[str], err: BaseException) -> str:
         return f"{where}: {spec} has no config key {key!r}"
     message = _last_line(text.split("Error whilst parsing config file:")[-1])
     if "Error whilst parsing config file" in text:
-        message = re.sub(r"^\w+(Error|Exception): ", "", message)
+        message = re.sub(r"^[\w.]+(Error|Exception): ", "", message)
         return f"{spec}: {message}"
     return re.sub(r"^flag ", "", message)
+
+
+def config_flag_value(holder, argv: Sequence[str]):
+    """The config of a ``config_flags.DEFINE_config_file`` flag. ml_collections reports a file
+    that cannot be loaded only when the value is read; that becomes a ConfigError naming it."""
+    from lesionjax.core.errors import ConfigError
+
+    try:
+        value = holder.value
+        value.keys()  # a config that failed to load raises here, not above
+        return value
+    except OSError as err:
+        reason = _last_line(str(err))
+        raise ConfigError(f"{_config_spec(argv)}: cannot load the config file ({reason})") from None
 
 
 def absl_flags_parser(argv: Sequence[str]):

@@ -13,7 +13,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lesionjax.cli import absl_flags_parser, run_command
+from lesionjax.cli import absl_flags_parser, config_flag_value, run_command
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
@@ -33,7 +33,7 @@ def main(argv) -> int:
 
         from lesionjax.tasks import format_result, run_task
 
-        config = _CONFIG.value
+        config = config_flag_value(_CONFIG, sys.argv)
         workdir = Path(_WORKDIR.value or Path("runs") / config.get("name", "run"))
         summary = run_task(config, workdir)
         if jax.process_index() == 0:

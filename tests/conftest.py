@@ -97,3 +97,26 @@ def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def child_env():
     return subprocess_env
+
+
+@pytest.fixture(scope="session")
+def checkpoint_params():
+    """``fn(workdir, step) -> list of np.ndarray``: the parameters a run saved at ``step``, read
+    onto this process's first device whatever mesh saved them (independently of the trainer)."""
+
+    def read(workdir: pathlib.Path, step: int):
+        import jax
+        import numpy as np
+        import orbax.checkpoint as ocp
+
+        path = (pathlib.Path(workdir) / "checkpoints" / str(step) / "state").absolute()
+        checkpointer = ocp.StandardCheckpointer()
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            checkpointer.metadata(path).item_metadata,
+        )
+        restored = checkpointer.restore(path, target)
+        return [np.asarray(x) for x in jax.tree.leaves(restored["params"])]
+
+    return read

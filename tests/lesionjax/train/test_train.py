@@ -80,7 +80,7 @@ def _order(workdir: Path) -> dict[int, list[int]]:
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
-    tiny_main_command, child_env, tmp_path
+    tiny_main_command, child_env, checkpoint_params, tmp_path
 ):
     def cmd(workdir):
         return tiny_main_command(
@@ -120,7 +120,7 @@ def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
     # a resume from the wrong step, state or data position is off by far more).
     last = max(ref_order) + 1
     for a, b in zip(
-        _checkpoint_params(reference, last), _checkpoint_params(resumed, last), strict=True
+        checkpoint_params(reference, last), checkpoint_params(resumed, last), strict=True
     ):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     # And the same evaluation, volume by volume.
@@ -147,19 +147,9 @@ def test_non_finite_loss_stops_with_the_step(tiny_shards, tmp_path):
         train(config, tmp_path, shards, sampling.split_case_ids(shards, 0, 1))
 
 
-def _checkpoint_params(workdir: Path, step: int):
-    """The parameters saved at ``step``, as NumPy arrays (restored without the trainer)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    path = (workdir / "checkpoints" / str(step) / "state").absolute()
-    restored = ocp.StandardCheckpointer().restore(path)
-    return [np.asarray(x) for x in jax.tree.leaves(restored["params"])]
-
-
 @pytest.mark.slow
 def test_non_finite_gradient_after_a_checkpoint_is_never_saved_and_resuming_works(
-    tiny_shards, tmp_path, monkeypatch
+    tiny_shards, tmp_path, monkeypatch, checkpoint_params
 ):
     """A batch without lesion pixels makes the loss below finite but its gradient NaN
     (0 * d sqrt(x)/dx at x = 0). It comes at the last step of epoch 2, when epoch 1's checkpoint
@@ -207,7 +197,7 @@ def test_non_finite_gradient_after_a_checkpoint_is_never_saved_and_resuming_work
     assert f"the last checkpoint is step {steps_per_epoch}" in message
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [steps_per_epoch]
-    assert all(np.isfinite(p).all() for p in _checkpoint_params(tmp_path, steps_per_epoch))
+    assert all(np.isfinite(p).all() for p in checkpoint_params(tmp_path, steps_per_epoch))
 
     result = trainer.train(config, tmp_path, shards, split)  # the real step again: resumes
     assert result.checkpoint_step == 3 * steps_per_epoch
