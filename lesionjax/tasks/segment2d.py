@@ -33,8 +33,8 @@ def check_has_masks(shards: ShardSet, case_ids, what: str) -> None:
         dataset = shards.plan.get("dataset", "?")
         raise NoMasksError(
             f"{shards.root / 'manifest.json'}: {len(missing)} of the {len(case_ids)} volumes "
-            f"for {what} have no lesion mask (has_mask: false; {shown}); dataset {dataset!r} "
-            "gives slice labels only, and segmentation needs masks"
+            f"for {what} have no lesion mask (has_mask: false; {shown}); segmentation needs "
+            f"masks, and dataset {dataset!r} has none for them"
         )
 
 

@@ -52,37 +52,49 @@ def _add_case(root: Path, name: str, image=None, mask=None, *, affine=None) -> N
         _save(m if mask is None else mask, aff, root / "masks" / f"{name}.nii.gz")
 
 
+def _nifti_error(path: Path) -> str:
+    """What nibabel itself says when the file is read (the build wraps it in its message)."""
+    try:
+        np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj, np.float32)
+    except Exception as e:
+        return f"cannot read as NIfTI ({type(e).__name__}: {e})"
+    raise AssertionError(f"{path} reads fine")
+
+
+# Each bad case returns (the file named, the problem after "<file>: ") for its one skip line.
+
+
 def _truncated_gzip(root):
     _add_case(root, "bad")
     path = root / "images" / "bad.nii.gz"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    return "images/bad.nii.gz", "cannot read as NIfTI"
+    return "images/bad.nii.gz", _nifti_error(path)
 
 
 def _not_nifti(root):
     _add_case(root, "bad")
     (root / "images" / "bad.nii.gz").write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
-    return "images/bad.nii.gz", "cannot read as NIfTI"
+    return "images/bad.nii.gz", _nifti_error(root / "images" / "bad.nii.gz")
 
 
 def _not_nifti_plain(root):
     _add_case(root, "bad")
     (root / "images" / "bad.nii.gz").unlink()
     (root / "images" / "bad.nii").write_bytes(b"\x00\x01garbage" * 100)
-    return "images/bad.nii", "cannot read as NIfTI"
+    return "images/bad.nii", _nifti_error(root / "images" / "bad.nii")
 
 
 def _four_d(root):
     hu, _, _ = _good_arrays(root)
     _add_case(root, "bad", image=np.stack([hu, hu], axis=-1))
-    return "images/bad.nii.gz", "expected a 3D volume"
+    return "images/bad.nii.gz", f"expected a 3D volume, got shape {(*hu.shape, 2)}"
 
 
 def _shape_mismatch(root):
     _, m, _ = _good_arrays(root)
     _add_case(root, "bad", mask=m[:-2])
-    return "masks/bad.nii.gz", "mask shape"
+    return "masks/bad.nii.gz", f"mask shape {m[:-2].shape} != image shape {m.shape}"
 
 
 def _affine_mismatch(root):
@@ -91,7 +103,8 @@ def _affine_mismatch(root):
     shifted = aff.copy()
     shifted[:3, 3] += 5.0
     _save(m, shifted, root / "masks" / "bad.nii.gz")
-    return "masks/bad.nii.gz", "mask affine differs"
+    image = root / "images" / "bad.nii.gz"
+    return "masks/bad.nii.gz", f"mask affine differs from image affine {image} (max difference 5)"
 
 
 def _nan_voxels(root):
@@ -106,30 +119,30 @@ def _nan_voxels(root):
 def _mask_values(root):
     _, m, _ = _good_arrays(root)
     _add_case(root, "bad", mask=(m * 2).astype(np.uint8))
-    return "masks/bad.nii.gz", "not binary"
+    return "masks/bad.nii.gz", "mask values {0, 2} are not binary ({0,1} or {0,255})"
 
 
 def _mask_fractional(root):
     _, m, _ = _good_arrays(root)
     _add_case(root, "bad", mask=m.astype(np.float32) * 0.5)
-    return "masks/bad.nii.gz", "not binary"
+    return "masks/bad.nii.gz", "mask values {0, 0.5} are not binary ({0,1} or {0,255})"
 
 
 def _constant_image(root):
     hu, _, _ = _good_arrays(root)
     _add_case(root, "bad", image=np.full_like(hu, -1000.0))
-    return "images/bad.nii.gz", "constant image"
+    return "images/bad.nii.gz", "constant image (all voxels -1000)"
 
 
 def _empty_file(root):
     _add_case(root, "bad")
     (root / "images" / "bad.nii.gz").write_bytes(b"")
-    return "images/bad.nii.gz", "cannot read as NIfTI"
+    return "images/bad.nii.gz", _nifti_error(root / "images" / "bad.nii.gz")
 
 
 def _missing_mask(root):
     _add_case(root, "bad", mask=False)
-    return "images/bad.nii.gz", "no mask found"
+    return "images/bad.nii.gz", "no mask found for case bad"
 
 
 BAD_CASES = {
@@ -175,13 +188,14 @@ def test_bad_case_is_reported_and_skipped(kind, dataset, tmp_path, capsys):
     rel_file, problem = BAD_CASES[kind](dataset)
     out = tmp_path / "shards"
     assert _run(dataset, out) == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("skipped bad")]
-    assert len(lines) == 1, err
-    assert str(dataset / rel_file) in lines[0] and problem in lines[0], lines[0]
+    message = f"{dataset / rel_file}: {problem}"
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped bad: {message}",
+        f"1 case(s) skipped, listed in {out / bs.SKIPPED}",
+    ]
+    image = next((dataset / "images").glob("bad.nii*"))  # the case's file, whatever failed
     skipped = json.loads((out / bs.SKIPPED).read_text())
-    assert [s["case_id"] for s in skipped] == ["bad"]
-    assert problem in skipped[0]["error"] and str(dataset / rel_file) in skipped[0]["error"]
+    assert skipped == [{"case_id": "bad", "file": str(image), "error": message}]
     _check_valid_output(out, GOOD)
     # --allow-skips: same outcome, exit 0; the good shards are reused, not rebuilt.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.array_record")}
@@ -208,13 +222,15 @@ def test_duplicate_case_ids_are_all_skipped(dataset, tmp_path, capsys):
     nib.save(img, str(dataset / "images" / f"{GOOD[0]}.nii"))
     out = tmp_path / "shards"
     assert _run(dataset, out) == 1
-    err = capsys.readouterr().err
-    dup_lines = [line for line in err.splitlines() if "duplicate case id" in line]
-    assert len(dup_lines) == 2 and all(GOOD[0] in line for line in dup_lines)
+    files = [dataset / "images" / f"{GOOD[0]}{suffix}" for suffix in (".nii", ".nii.gz")]
+    claim = f"duplicate case id '{GOOD[0]}' (2 cases: {files[0]}, {files[1]})"
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {GOOD[0]}: {claim}",
+        f"skipped {GOOD[0]}: {claim}",
+        f"2 case(s) skipped, listed in {out / bs.SKIPPED}",
+    ]
     skipped = json.loads((out / bs.SKIPPED).read_text())
-    assert sorted(s["file"] for s in skipped) == sorted(
-        [str(dataset / "images" / f"{GOOD[0]}.nii"), str(dataset / "images" / f"{GOOD[0]}.nii.gz")]
-    )
+    assert sorted(s["file"] for s in skipped) == [str(f) for f in files]
     _check_valid_output(out, [GOOD[1]])
 
 
@@ -223,7 +239,14 @@ def test_all_cases_bad_exits_with_error(dataset, tmp_path, capsys):
         (dataset / "masks" / f"{case}.nii.gz").unlink()
     out = tmp_path / "shards"
     assert _run(dataset, out) == 2
-    assert "no case could be built" in capsys.readouterr().err
+    images = [dataset / "images" / f"{case}.nii.gz" for case in GOOD]
+    assert capsys.readouterr().err.splitlines() == [
+        *(
+            f"skipped {case}: {image}: no mask found for case {case}"
+            for case, image in zip(GOOD, images, strict=True)
+        ),
+        f"error: {out}: no case could be built (2 skipped, listed in {out / bs.SKIPPED})",
+    ]
     assert len(json.loads((out / bs.SKIPPED).read_text())) == 2
     assert not (out / bs.MANIFEST).exists()
 
@@ -323,10 +346,11 @@ def test_dicom_with_unreadable_tag_is_reported(tmp_path, capsys):
     ds.save_as(victim)
     out = tmp_path / "shards"
     assert _run_dataset("rsna", root, out) == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("skipped")]
-    assert len(lines) == 1 and cases[1].case_id in lines[0], err
-    assert victim.name in lines[0] and "ImagePositionPatient" in lines[0], lines[0]
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {cases[1].case_id}: {victim}: missing or unreadable ImagePositionPatient "
+        "(0020,0032) (value ['not', 'a', 'number'])",
+        f"1 case(s) skipped, listed in {out / bs.SKIPPED}",
+    ]
     _check_valid_output(out, [cases[0].case_id, cases[2].case_id])
     assert _run_dataset("rsna", root, out, "--allow-skips") == 0
 

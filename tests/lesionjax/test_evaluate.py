@@ -301,6 +301,8 @@ def test_reevaluate_command_reproduces_the_main_job(trained_run, child_env, caps
     summary = json.loads((trained_run / "eval" / "summary.json").read_text())
     steps = [int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()]
     assert summary["checkpoint_step"] == main_summary["checkpoint_step"] in steps
+    # The demo config's NSD tolerance (one 1.8 mm voxel), recorded by both.
+    assert summary["nsd_tolerance_mm"] == main_summary["nsd_tolerance_mm"] == 1.8
     assert summary["evaluated_by"] == "lesionjax.evaluate"
     # Same checkpoint, same volumes, same threshold: the same per-volume numbers.
     again = json.loads((trained_run / "eval" / "per_volume.json").read_text())
@@ -313,6 +315,43 @@ def test_reevaluate_command_reproduces_the_main_job(trained_run, child_env, caps
 
     rc, _, err = run_main(["--workdir", trained_run, "--step", 99999], capsys)
     assert_one_line_error(rc, err, f"no checkpoint at step 99999 (have: {steps[0]}")
+
+
+@pytest.mark.slow
+def test_nsd_tolerance_comes_from_the_config(trained_run, tmp_path):
+    # With a tolerance larger than the head, every boundary point is within it: NSD = 1 wherever
+    # both masks have a surface (0.42 mm, the old fixed value, gives less on these 3.6 mm voxels).
+    run = tmp_path / "wide"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["eval"]["nsd_tolerance_mm"] = 1000.0
+    (run / "config.json").write_text(json.dumps(config))
+    # A low threshold: the model trained for one epoch predicts lesions somewhere.
+    summary = evaluate.reevaluate(run, threshold=0.02, tsne_slices=0, progress=False)
+    assert summary["nsd_tolerance_mm"] == 1000.0
+    per_volume = json.loads((run / "eval" / "per_volume.json").read_text())
+    both = [v for v in per_volume if v["gt_voxels"] > 0 and v["pred_voxels"] > 0]
+    assert both and all(v["nsd"] == 1.0 for v in both)
+
+
+@pytest.mark.slow
+def test_volumes_without_masks_are_refused_for_evaluation(trained_run, tmp_path, capsys):
+    run = tmp_path / "unlabelled"
+    shutil.copytree(trained_run, run)
+    manifest_path = run / "shards" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    test_ids = [v["case_id"] for v in manifest["volumes"] if v["fold"] == 0]
+    for v in manifest["volumes"]:
+        v["has_mask"] = v["fold"] != 0  # the test fold as if it came without masks
+    manifest_path.write_text(json.dumps(manifest))
+    rc, _, err = run_main(["--workdir", run, "--no-progress"], capsys)
+    shown = ", ".join(test_ids[:3]) + (", ..." if len(test_ids) > 3 else "")
+    assert rc == 1
+    assert err.splitlines() == [
+        f"error: {manifest_path}: {len(test_ids)} of the {len(test_ids)} volumes for evaluation "
+        f"(test) have no lesion mask (has_mask: false; {shown}); segmentation needs masks, "
+        "and dataset 'pairs' has none for them"
+    ]
 
 
 @pytest.mark.slow

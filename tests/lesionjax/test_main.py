@@ -143,8 +143,8 @@ def test_a_dataset_without_masks_is_refused_for_segmentation(
     assert code == 1 and len(ids) == 4
     assert err == [
         f"error: {workdir / 'shards' / 'manifest.json'}: 4 of the 4 volumes for training and "
-        f"validation have no lesion mask (has_mask: false; {', '.join(ids[:3])}, ...); dataset "
-        "'rsna' gives slice labels only, and segmentation needs masks"
+        f"validation have no lesion mask (has_mask: false; {', '.join(ids[:3])}, ...); "
+        "segmentation needs masks, and dataset 'rsna' has none for them"
     ]
     assert not (workdir / "checkpoints").exists()
 

@@ -8,7 +8,6 @@ anisotropic spacings.
 """
 
 import math
-import time
 import warnings
 
 import numpy as np
@@ -399,27 +398,18 @@ def test_surface_metrics_errors():
         )
 
 
-def test_kdtree_is_faster_than_edt_on_spread_lesions():
+def test_kdtree_and_edt_agree_on_spread_lesions():
     # Two small lesions in opposite corners of a 256x256x24 volume: the bounding box is nearly
-    # the whole volume, which the EDT path pays for and the k-d tree path does not. Same values.
+    # the whole volume (the case the k-d tree is for; its speed is measured in
+    # benchmarks/metrics.py, not here). Both methods give the same values.
     gt = np.zeros((256, 256, 24), bool)
     gt[20:30, 20:32, 4:8] = True
     gt[220:236, 225:231, 15:19] = True
     pred = np.roll(gt, 1, axis=1)
     spacing = (0.45, 0.45, 5.0)
-
-    def best(method):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            out = surface.surface_metrics(pred, gt, spacing, nsd_tolerance_mm=0.5, method=method)
-            times.append(time.perf_counter() - start)
-        return min(times), out
-
-    t_kd, kd = best("kdtree")
-    t_edt, edt = best("edt")
+    kd = surface.surface_metrics(pred, gt, spacing, nsd_tolerance_mm=0.5, method="kdtree")
+    edt = surface.surface_metrics(pred, gt, spacing, nsd_tolerance_mm=0.5, method="edt")
     assert kd == pytest.approx(edt, rel=1e-12)
-    assert t_kd < t_edt
 
 
 # ------------------------------------------------------------------------------------------

@@ -203,3 +203,23 @@ def test_non_finite_gradient_after_a_checkpoint_is_never_saved_and_resuming_work
     assert result.checkpoint_step == 3 * steps_per_epoch
     leaves = jax.tree.leaves(result.state.params)
     assert all(bool(jnp.isfinite(x).all()) for x in leaves)
+
+
+def test_metrics_log_resume_drops_a_cut_line_and_the_steps_after_the_checkpoint(tmp_path):
+    """Killed after logging step 4 (its line cut short) with the checkpoint at step 2: the
+    resumed run logs step 3 again, on a line of its own, once."""
+    from lesionjax.train.trainer import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "split": "train"}\n{"step": 2, "split": "val"}\n'
+        '{"step": 3, "split": "train"}\n{"step": 4, "spl'
+    )
+    log = MetricsLog(path)
+    log.resume(keep_through=2)
+    log.write({"step": 3, "split": "train", "loss": 0.5})
+    assert _read_jsonl(path) == [
+        {"step": 1, "split": "train"},
+        {"step": 2, "split": "val"},
+        {"step": 3, "split": "train", "loss": 0.5},
+    ]
