@@ -17,6 +17,10 @@ atomically, so an interrupted build leaves only whole volumes behind and a re-ru
 volume whose sources and plan are unchanged. ``manifest.json`` (with the plan) is assembled last
 from the sidecars. A case that fails is reported in ``skipped.json`` and does not stop the
 others; the exit status is non-zero when any case was skipped, unless ``--allow-skips``.
+
+One file for the writer and its command line: the incremental-build bookkeeping (source
+fingerprints, reuse, duplicates, skips, folds, manifest) is what both share; the preprocessing
+itself is ``data_prep.preprocess``.
 """
 
 from __future__ import annotations
@@ -312,9 +316,9 @@ def plan_for_cases(dataset: str, cases: Sequence[CaseFiles], options: Mapping) -
     return resolve_plan(dataset, modality, options, get_layout(dataset).plan_defaults)
 
 
-def build_dataset(
+def build_cases(
     dataset: str,
-    src: Path,
+    cases: Sequence[CaseFiles],
     out: Path,
     options: Mapping,
     *,
@@ -322,22 +326,27 @@ def build_dataset(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    reader_problems: Sequence[dict] = (),
 ) -> tuple[dict, list[dict]]:
-    """Reads ``src`` in the ``dataset`` layout, resolves the plan from ``options`` (see
-    ``data_prep.plan.plan_options``) and builds the shards into ``out``: what the command line
-    and a training run both call. Returns (manifest, skipped)."""
-    cases, problems = read_layout(dataset, src)
-    plan = plan_for_cases(dataset, cases, options)
+    """Builds ``cases`` of ``dataset`` into ``out`` with the plan ``options`` resolve to (see
+    ``data_prep.plan.plan_options``). Returns (manifest, skipped)."""
     return build_shards(
         cases,
         out,
-        plan=plan,
+        plan=plan_for_cases(dataset, cases, options),
         n_folds=n_folds,
         seed=seed,
         workers=workers,
         progress=progress,
-        reader_problems=problems,
+        reader_problems=reader_problems,
     )
+
+
+def build_dataset(dataset: str, src: Path, out: Path, options: Mapping, **kw):
+    """Reads ``src`` in the ``dataset`` layout and builds it (``build_cases``): what the command
+    line and a training run both call. Returns (manifest, skipped)."""
+    cases, problems = read_layout(dataset, src)
+    return build_cases(dataset, cases, out, options, reader_problems=problems, **kw)
 
 
 # ------------------------------------------------------------------------------ command line

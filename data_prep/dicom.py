@@ -24,6 +24,10 @@ Reading conventions (and why):
   when the stack was tilted), so per-slice labels given for the files can be carried over.
 - DICOM patient space is LPS; the affine is converted to RAS (x and y negated) and the voxels are
   reordered to RAS+ with nibabel's orientation utilities.
+
+One file for one reader: listing series, per-slice geometry and pixel conversion, and the
+assembly (sorting, de-tilting, regular spacing) each depend on the conventions above and are
+tested together against synthetic series of known geometry (``synthetic.dicom_writer``).
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.data.slice_range = ()  # (lo, hi): keep axial slices lo..hi-1 (empty: all)
     c.data.min_content = 0.0  # keep slices with at least this fraction of tissue voxels
     c.data.normalize = ()  # MRI percentile clipping (lo, hi) (empty: 0.5, 99.5)
-    c.data.normalize_method = ""  # MRI: "percentile" | "zscore" (data_prep.intensity); "": percentile
+    c.data.normalize_method = (
+        ""  # MRI: "percentile" | "zscore" (data_prep.intensity); "": the first
+    )
     c.data.n_folds = 5
     c.data.fold_seed = 0
     c.data.test_fold = 0

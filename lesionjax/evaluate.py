@@ -18,6 +18,10 @@ same volumes.
 
 Bad input (no config, no checkpoint, no results, different volume sets) ends with one line
 ``error: ...`` on stderr and exit status 1.
+
+One command, two modes that share a run's restoration (``load_run``): the comparison re-predicts
+its overlays from each run's checkpoint exactly as ``--workdir`` does. The computing lives in the
+library (``lesionjax.eval``); this file is the command's loading, checking and wiring.
 """
 
 from __future__ import annotations

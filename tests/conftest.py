@@ -39,21 +39,34 @@ def tiny_phantom(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_shards(tiny_phantom, tmp_path_factory) -> pathlib.Path:
+def build():
+    """``fn(cases, out, dataset="pairs", *, n_folds=5, reader_problems=(), ..., **options) ->
+    (manifest, skipped)``: ``build_shards.build_cases`` with the plan options (windows, size,
+    spacing, ...) as keywords, one worker and no progress bar."""
+    from data_prep.build_shards import build_cases
+
+    def run(cases, out, dataset="pairs", *, n_folds=5, reader_problems=(), workers=1, **options):
+        return build_cases(
+            dataset,
+            cases,
+            out,
+            options,
+            n_folds=n_folds,
+            workers=workers,
+            progress=False,
+            reader_problems=reader_problems,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_phantom, build, tmp_path_factory) -> pathlib.Path:
     """The tiny phantom set built into shards (brain + ich windows, 5 folds)."""
-    from data_prep.build_shards import build_shards, plan_for_cases
     from data_prep.layouts.pairs import read_pairs_layout
 
     out = tmp_path_factory.mktemp("shards")
-    _, skipped = build_shards(
-        read_pairs_layout(tiny_phantom),
-        out,
-        plan=plan_for_cases(
-            "pairs", read_pairs_layout(tiny_phantom), {"windows": ["brain", "ich"]}
-        ),
-        n_folds=5,
-        progress=False,
-    )
+    _, skipped = build(read_pairs_layout(tiny_phantom), out, windows=["brain", "ich"])
     assert not skipped, skipped
     return out
 

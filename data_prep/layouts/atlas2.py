@@ -41,7 +41,7 @@ def _atlas_mask(image: Path) -> Path | None:
     return found[0] if found else None
 
 
-def read_atlas2_layout(src: Path) -> list[CaseFiles]:
+def read_atlas2_layout(src: Path) -> CaseList:
     """ATLAS R2.0 (Liew et al., Sci. Data 2022), BIDS::
 
         ATLAS_2/Training/R001/sub-r001s001/ses-1/anat/

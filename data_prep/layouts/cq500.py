@@ -83,7 +83,7 @@ def _cq500_mask(masks: Path | None, case_id: str) -> Path | None:
     return find_nifti(masks, case_id) or find_nifti(masks / case_id, "ICH_mask")
 
 
-def read_cq500_layout(src: Path, masks: Path | None = None) -> list[CaseFiles]:
+def read_cq500_layout(src: Path, masks: Path | None = None) -> CaseList:
     """CQ500 (Chilamkurthy et al., Lancet 2018; headctstudy.qure.ai)::
 
         CQ500CT<N> CQ500CT<N>/Unknown Study/CT <description>/CT000000.dcm ...

@@ -59,7 +59,7 @@ def _ct_ich_labels(csv_path: Path) -> dict[int, dict[int, tuple[int, ...]]]:
     return out
 
 
-def read_ct_ich_layout(src: Path) -> list[CaseFiles]:
+def read_ct_ich_layout(src: Path) -> CaseList:
     """PhysioNet CT-ICH (Hssayeni et al., Data 2020; physionet.org/content/ct-ich/1.3.1)::
 
         src/ct_scans/NNN.nii                  CT in HU, NNN = PatientNumber zero-padded (049)

@@ -15,7 +15,7 @@ from data_prep.layouts.base import (
 from lesionjax.core.formats import nifti_stem
 
 
-def read_instance2022_layout(src: Path) -> list[CaseFiles]:
+def read_instance2022_layout(src: Path) -> CaseList:
     """INSTANCE 2022 challenge (Li et al., instance.grand-challenge.org)::
 
         train_2/data/<name>.nii.gz    non-contrast head CT in HU (512 x 512 x 20..70, 5 mm)

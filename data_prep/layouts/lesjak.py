@@ -5,17 +5,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from data_prep.layouts.base import (
-    CaseFiles,
-    Layout,
-)
+from data_prep.layouts.base import CaseFiles, CaseList, Layout
 
 LESJAK_SEQUENCES = ("FLAIR", "T1", "T1POST", "T2")
 
 
-def read_lesjak_layout(
-    src: Path, sequence: str = "FLAIR", extra: tuple[str, ...] = ()
-) -> list[CaseFiles]:
+def read_lesjak_layout(src: Path, sequence: str = "FLAIR", extra: tuple[str, ...] = ()) -> CaseList:
     """Lesjak et al. (Neuroinformatics 2017, doi 10.1007/s12021-017-9348-7) multiple-sclerosis
     MRI database, multi-rater consensus masks::
 
@@ -52,7 +47,7 @@ def read_lesjak_layout(
                 channels=tuple(found[name] for name in extra),
             )
         )
-    return cases
+    return CaseList(cases)
 
 
 LAYOUTS = (

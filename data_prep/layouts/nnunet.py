@@ -62,7 +62,7 @@ def _nnunet_labels(meta: dict, path: Path) -> tuple[int, ...] | None:
     return tuple(sorted(values | {0}))
 
 
-def read_nnunet_layout(src: Path) -> list[CaseFiles]:
+def read_nnunet_layout(src: Path) -> CaseList:
     """nnU-Net v2 raw dataset (and the Medical Segmentation Decathlon / nnU-Net v1 layout)::
 
         Dataset501_Name/imagesTr/<case>_0000.nii.gz   channel 0 of each training case

@@ -17,7 +17,7 @@ from data_prep.layouts.base import (
 from lesionjax.core.formats import nifti_stem
 
 
-def read_pairs_layout(src: Path) -> list[CaseFiles]:
+def read_pairs_layout(src: Path) -> CaseList:
     """The generic layout (also what the phantom generator writes)::
 
     src/images/<case>.nii.gz    image (HU for CT)

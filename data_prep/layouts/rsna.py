@@ -71,7 +71,7 @@ def _rsna_labels(csv_path: Path) -> tuple[dict[str, list[int | None]], list[dict
     return labels, problems
 
 
-def read_rsna_layout(src: Path) -> list[CaseFiles]:
+def read_rsna_layout(src: Path) -> CaseList:
     """RSNA Intracranial Hemorrhage Detection (Kaggle 2019; Flanders et al., Radiol AI 2020)::
 
         stage_2_train/ID_<image>.dcm    one axial slice per file, all series in one folder

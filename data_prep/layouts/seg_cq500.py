@@ -18,7 +18,7 @@ def _has_case_dirs(folder: Path, image_stem: str) -> bool:
     return any(find_nifti(c, image_stem) for c in subdirs(folder))
 
 
-def read_seg_cq500_layout(src: Path) -> list[CaseFiles]:
+def read_seg_cq500_layout(src: Path) -> CaseList:
     """Seg-CQ500 (Spahr et al., Front. Neuroimaging 2023; Zenodo record 8063221)::
 
         Seg-CQ500/data/volumes/<CQ500-CT-N>/CT.nii          CT in HU (NIfTI, not DICOM)

@@ -14,6 +14,10 @@ from `phantom_lesions`. Then partial-volume blur (Gaussian, per-axis sigma in mm
 slice direction) and 4-6 HU Gaussian noise.
 
 Arrays are (X, Y, Z) voxel grids in RAS+ order; world coordinates in mm (`phantom_affine`).
+
+One file for one head model: the exterior, skull, skull base and brain painters share the head
+frame and its random parameters (``_sample_head``), and the dataset writer below them is a thin
+loop over ``generate_case``; the lesions live in ``phantom_lesions``.
 """
 
 import json

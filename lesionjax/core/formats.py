@@ -8,10 +8,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
-def is_nifti(path: str | Path) -> bool:
-    return Path(path).name.endswith(NIFTI_SUFFIXES)
-
-
 def nifti_stem(path: str | Path) -> str:
     """The file name without its NIfTI suffix (``case_0000.nii.gz`` -> ``case_0000``)."""
     name = Path(path).name

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from data_prep import build_shards as bs
-from data_prep.build_shards import plan_for_cases
 from lesionjax.data.shards import ShardSet
 
 GOOD = ("phantom_000", "phantom_001")
@@ -286,33 +285,21 @@ def _nnunet_relabelled(tmp_path, labels: dict, value: int):
     return cases, k, m
 
 
-def test_nnunet_label_map_foreground_is_every_label(tmp_path):
+def test_nnunet_label_map_foreground_is_every_label(build, tmp_path):
     """nnU-Net / Decathlon masks are label maps: declared labels {0, 1, 2} are accepted,
     foreground = > 0 (the pairs layout rejects the same values, see mask_values_0_2 above)."""
     cases, k, m = _nnunet_relabelled(tmp_path, {"background": 0, "edema": 1, "core": 2}, 2)
-    manifest, skipped = bs.build_shards(
-        cases,
-        tmp_path / "out",
-        plan=plan_for_cases("nnunet", cases, {"windows": ["brain"]}),
-        n_folds=2,
-        progress=False,
-    )
+    manifest, skipped = build(cases, tmp_path / "out", "nnunet", n_folds=2, windows=["brain"])
     assert not skipped
     by_id = {v["case_id"]: v for v in manifest["volumes"]}
     assert by_id[cases[k].case_id]["lesion_voxels"] == int((m > 0).sum())
 
 
-def test_nnunet_mask_value_not_declared_in_dataset_json_is_rejected(tmp_path, capsys):
+def test_nnunet_mask_value_not_declared_in_dataset_json_is_rejected(build, tmp_path, capsys):
     """A stray label 7 in a {0, 1} dataset is not taken as lesion: the case is rejected with the
     value named (nnU-Net's dataset integrity check), the other case is built."""
     cases, k, _ = _nnunet_relabelled(tmp_path, {"background": 0, "hemorrhage": 1}, 7)
-    manifest, skipped = bs.build_shards(
-        cases,
-        tmp_path / "out",
-        plan=plan_for_cases("nnunet", cases, {"windows": ["brain"]}),
-        n_folds=2,
-        progress=False,
-    )
+    manifest, skipped = build(cases, tmp_path / "out", "nnunet", n_folds=2, windows=["brain"])
     mask = cases[k].mask
     line = (
         f"skipped {cases[k].case_id}: {mask}: mask value(s) 7 not declared in dataset.json "

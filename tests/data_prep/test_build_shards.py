@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from data_prep import build_shards as bs
-from data_prep.build_shards import plan_for_cases
 from data_prep.layouts.pairs import read_pairs_layout
 from lesionjax.core.windows import window_to_uint8
 from lesionjax.data.shards import ShardSet
@@ -51,45 +50,22 @@ def test_folds_are_stratified_by_lesion_presence():
         assert len(members) == 5
 
 
-def test_rerun_reuses_volumes_and_rebuilds_changed_ones(tiny_phantom, tmp_path):
+def test_rerun_reuses_volumes_and_rebuilds_changed_ones(build, tiny_phantom, tmp_path):
     cases = read_pairs_layout(tiny_phantom)[:3]
-    bs.build_shards(
-        cases,
-        tmp_path,
-        plan=plan_for_cases("pairs", cases, {"windows": ["ich"]}),
-        n_folds=2,
-        progress=False,
-    )
+    build(cases, tmp_path, n_folds=2, windows=["ich"])
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.array_record")}
-    bs.build_shards(
-        cases,
-        tmp_path,
-        plan=plan_for_cases("pairs", cases, {"windows": ["ich"]}),
-        n_folds=2,
-        progress=False,
-    )
+    build(cases, tmp_path, n_folds=2, windows=["ich"])
     again = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.array_record")}
     assert again == mtimes  # nothing rewritten
-    bs.build_shards(
-        cases,
-        tmp_path,
-        plan=plan_for_cases("pairs", cases, {"windows": ["brain"]}),
-        n_folds=2,
-        progress=False,
-    )
+    build(cases, tmp_path, n_folds=2, windows=["brain"])
     changed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.array_record")}
     assert all(changed[k] != mtimes[k] for k in mtimes)  # new settings: all rebuilt
     assert not list(tmp_path.rglob("*.tmp*"))
 
 
-def test_in_plane_resize_keeps_mask_aligned(tiny_phantom, tmp_path):
+def test_in_plane_resize_keeps_mask_aligned(build, tiny_phantom, tmp_path):
     cases = read_pairs_layout(tiny_phantom)[:2]
-    manifest, _ = bs.build_shards(
-        cases,
-        tmp_path,
-        plan=plan_for_cases("pairs", cases, {"windows": ["ich"], "size": (32, 32)}),
-        progress=False,
-    )
+    manifest, _ = build(cases, tmp_path, windows=["ich"], size=(32, 32))
     v = manifest["volumes"][0]
     assert v["shard_shape"][:2] == [32, 32] and v["shard_spacing"][0] == pytest.approx(7.2)
     vol = ShardSet.load(tmp_path).read_volume(v["case_id"])
@@ -115,21 +91,10 @@ def test_a_broken_case_is_skipped_and_reported(tiny_phantom, tmp_path):
     assert bs.main(["--src", str(src), "--out", str(out), "--allow-skips", "--no-progress"]) == 0
 
 
-def test_parallel_build_matches_serial(tiny_phantom, tmp_path):
+def test_parallel_build_matches_serial(build, tiny_phantom, tmp_path):
     cases = read_pairs_layout(tiny_phantom)[:4]
-    serial, _ = bs.build_shards(
-        cases,
-        tmp_path / "a",
-        plan=plan_for_cases("pairs", cases, {"windows": ["ich"]}),
-        progress=False,
-    )
-    parallel, _ = bs.build_shards(
-        cases,
-        tmp_path / "b",
-        plan=plan_for_cases("pairs", cases, {"windows": ["ich"]}),
-        workers=2,
-        progress=False,
-    )
+    serial, _ = build(cases, tmp_path / "a", windows=["ich"])
+    parallel, _ = build(cases, tmp_path / "b", workers=2, windows=["ich"])
     for a, b in zip(serial["volumes"], parallel["volumes"], strict=True):
         assert a["case_id"] == b["case_id"] and a["fold"] == b["fold"]
         assert (tmp_path / "a" / a["shard"]).read_bytes() == (

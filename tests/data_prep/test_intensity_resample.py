@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep import intensity, resample
-from data_prep.build_shards import build_shards, plan_for_cases
+from data_prep.build_shards import plan_for_cases
 from data_prep.layouts import CaseFiles
 from data_prep.plan import PreprocessingPlan
 from data_prep.preprocess import select_axial_slices
@@ -141,27 +141,20 @@ def _write_mr_case(root, name, data, lesion, affine):
     )
 
 
-def test_build_mr_shards_with_resampling_and_slice_selection(tmp_path):
+def test_build_mr_shards_with_resampling_and_slice_selection(build, tmp_path):
     data, brain, lesion = _brain((40, 48, 30))
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     case = _write_mr_case(tmp_path / "raw", "mr0", data, lesion, affine)
     out = tmp_path / "shards"
-    manifest, skipped = build_shards(
+    manifest, skipped = build(
         [case],
         out,
-        plan=plan_for_cases(
-            "pairs",
-            [case],
-            {
-                "windows": ["unit"],
-                "spacing": (2.0, 2.0, 2.0),
-                "slice_range": (2, 13),
-                "min_content": 0.1,
-                "normalize_method": "zscore",
-            },
-        ),
         n_folds=1,
-        progress=False,
+        windows=["unit"],
+        spacing=(2.0, 2.0, 2.0),
+        slice_range=(2, 13),
+        min_content=0.1,
+        normalize_method="zscore",
     )
     assert not skipped
     v = manifest["volumes"][0]
@@ -177,19 +170,14 @@ def test_build_mr_shards_with_resampling_and_slice_selection(tmp_path):
     assert sidecar["settings"] and sidecar["kept_slices"] == kept
 
 
-def test_hu_windows_on_mr_are_rejected(tmp_path):
+def test_hu_windows_on_mr_are_rejected(build, tmp_path):
     data, _, lesion = _brain((16, 16, 8))
     case = _write_mr_case(tmp_path / "raw", "mr0", data, lesion, np.eye(4))
-    _, skipped = build_shards(
+    _, skipped = build(
         [case, case.__class__(**{**case.__dict__, "case_id": "mr1"})],
         tmp_path / "ok",
-        plan=plan_for_cases(
-            "pairs",
-            [case, case.__class__(**{**case.__dict__, "case_id": "mr1"})],
-            {"windows": ["unit"]},
-        ),
         n_folds=1,
-        progress=False,
+        windows=["unit"],
     )
     assert not skipped
     # The plan itself is refused, before any case is read.
@@ -197,7 +185,7 @@ def test_hu_windows_on_mr_are_rejected(tmp_path):
         plan_for_cases("pairs", [case], {"windows": ["brain"]})
 
 
-def test_csv_slice_labels_follow_resampling_and_selection(tmp_path):
+def test_csv_slice_labels_follow_resampling_and_selection(build, tmp_path):
     """Per-slice labels given by a CSV (indexed by stored slice) end up on the right slices after
     reorientation (stored inferior-first flip), resampling and slice selection."""
     shape = (16, 16, 12)
@@ -221,29 +209,20 @@ def test_csv_slice_labels_follow_resampling_and_selection(tmp_path):
         labelled=False,
         slice_labels=tuple(tuple(int(v) for v in row) for row in labels),
     )
-    manifest, skipped = build_shards(
-        [case],
-        tmp_path / "out",
-        plan=plan_for_cases("pairs", [case], {"windows": ["brain"]}),
-        n_folds=1,
-        progress=False,
-    )
+    manifest, skipped = build([case], tmp_path / "out", n_folds=1, windows=["brain"])
     assert not skipped
     v = manifest["volumes"][0]
     assert v["has_mask"] is False
     assert v["lesion_slices"] == [8]  # RAS slice 11 - 3
     assert v["slice_labels"][8] == [1, 0, 0, 0, 0, 1]
     # 4 mm slices: RAS slice 8 lands in output slice 4; then keep slices 3..5 -> index 1.
-    manifest, _ = build_shards(
+    manifest, _ = build(
         [case],
         tmp_path / "out2",
-        plan=plan_for_cases(
-            "pairs",
-            [case],
-            {"windows": ["brain"], "spacing": (1.0, 1.0, 4.0), "slice_range": (3, 6)},
-        ),
         n_folds=1,
-        progress=False,
+        windows=["brain"],
+        spacing=(1.0, 1.0, 4.0),
+        slice_range=(3, 6),
     )
     v = manifest["volumes"][0]
     assert v["n_slices"] == 3 and v["lesion_slices"] == [1]

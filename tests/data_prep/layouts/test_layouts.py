@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from data_prep import layouts
-from data_prep.build_shards import build_shards, plan_for_cases
 from data_prep.layouts import cq500
 from data_prep.synthetic import phantom_layouts
 from data_prep.synthetic.phantom_layouts import read_truth, write_layout
@@ -48,8 +47,11 @@ def _source_key(case, i):
     return case.image_files[i].name if case.image_files is not None else i
 
 
+MR_LAYOUTS = ("atlas2", "lesjak")
+
+
 def _windows(name):
-    return ["unit"] if name == "atlas2" else ["brain"]
+    return ["unit"] if name in MR_LAYOUTS else ["brain"]
 
 
 @pytest.mark.parametrize("name", ALL_LAYOUTS)
@@ -66,7 +68,7 @@ def test_reader_finds_every_written_case(name, written):
         assert (case.mask is not None) == t["labelled"]
         if case.mask is not None:
             assert case.mask.is_file() and case.mask != case.image
-        assert case.modality == ("MR" if name == "atlas2" else "CT")
+        assert case.modality == ("MR" if name in MR_LAYOUTS else "CT")
         if case.image_files is not None:
             assert all(p.is_file() for p in case.image_files)
             assert len(case.image_files) == SHAPE[2]
@@ -81,17 +83,12 @@ def test_reader_finds_every_written_case(name, written):
 
 
 @pytest.mark.parametrize("name", ALL_LAYOUTS)
-def test_build_from_layout_matches_the_generator(name, written, tmp_path):
+def test_build_from_layout_matches_the_generator(build, name, written, tmp_path):
     root = written(name)
     truth = {c["case_id"]: c for c in read_truth(root)["cases"]}
     cases, problems = layouts.read_layout(name, root)
-    manifest, skipped = build_shards(
-        cases,
-        tmp_path,
-        plan=plan_for_cases(name, cases, {"windows": _windows(name)}),
-        n_folds=2,
-        progress=False,
-        reader_problems=problems,
+    manifest, skipped = build(
+        cases, tmp_path, name, n_folds=2, reader_problems=problems, windows=_windows(name)
     )
     assert skipped == []
     counts = manifest["counts"]
@@ -111,8 +108,7 @@ def test_build_from_layout_matches_the_generator(name, written, tmp_path):
             assert v["slice_labels"] == t["slice_labels"]
         elif t["labelled"]:
             assert [row[0] for row in v["slice_labels"]] == [row[0] for row in t["slice_labels"]]
-        if name == "atlas2":
-            assert v["modality"] == "MR"
+        assert v["modality"] == ("MR" if name in MR_LAYOUTS else "CT")
 
 
 @pytest.mark.parametrize("name", sorted(layouts.LAYOUTS))
@@ -132,7 +128,7 @@ def _mask_of(name, root, case_id):
 
 
 @pytest.mark.parametrize("name", NIFTI_LAYOUTS)
-def test_a_case_without_its_mask_is_kept_and_reported_by_the_build(name, tmp_path):
+def test_a_case_without_its_mask_is_kept_and_reported_by_the_build(build, name, tmp_path):
     root = _write(name, tmp_path / "src", n_cases=3)
     victim = read_truth(root)["cases"][1]["case_id"]
     _mask_of(name, root, victim).unlink()
@@ -141,13 +137,7 @@ def test_a_case_without_its_mask_is_kept_and_reported_by_the_build(name, tmp_pat
     lost = next(c for c in cases if c.case_id == victim)
     assert lost.mask is None and lost.labelled
     assert all(c.mask is not None for c in cases if c.case_id != victim)
-    manifest, skipped = build_shards(
-        cases,
-        tmp_path / "out",
-        plan=plan_for_cases(name, cases, {"windows": _windows(name)}),
-        n_folds=2,
-        progress=False,
-    )
+    manifest, skipped = build(cases, tmp_path / "out", name, n_folds=2, windows=_windows(name))
     assert [s["case_id"] for s in skipped] == [victim]
     assert "no mask" in skipped[0]["error"]
     assert manifest["counts"]["volumes"] == 2
@@ -203,7 +193,7 @@ def _rewrite_csv(path, keep):
     path.write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if keep(ln)]) + "\n")
 
 
-def test_ct_ich_csv_problems_are_reported(tmp_path):
+def test_ct_ich_csv_problems_are_reported(build, tmp_path):
     root = _write("ct_ich", tmp_path, n_cases=3)
     csv_path = _ct_ich_top(root) / "hemorrhage_diagnosis_raw_ct.csv"
     # Patient 050 loses its last slice row; a patient without a scan appears.
@@ -220,13 +210,8 @@ def test_ct_ich_csv_problems_are_reported(tmp_path):
     p130 = next(p for p in problems if p["case_id"] == "130")
     assert p130["file"].endswith("130.nii") and "no CT file" in p130["error"]
     # The build lists reader problems with its own skips and builds the other cases.
-    manifest, skipped = build_shards(
-        cases,
-        tmp_path / "out",
-        plan=plan_for_cases("ct_ich", cases, {"windows": ["brain"]}),
-        n_folds=2,
-        progress=False,
-        reader_problems=problems,
+    manifest, skipped = build(
+        cases, tmp_path / "out", "ct_ich", n_folds=2, reader_problems=problems, windows=["brain"]
     )
     assert manifest["counts"]["volumes"] == 2
     assert {s["case_id"] for s in skipped} == {"050", "130"}
@@ -255,19 +240,13 @@ def test_two_datasets_under_src_are_ambiguous(tmp_path, written):
         layouts.read_layout("ct_ich", tmp_path)
 
 
-def test_duplicate_case_ids_are_kept_for_the_build_to_report(tmp_path):
+def test_duplicate_case_ids_are_kept_for_the_build_to_report(build, tmp_path):
     root = _write("ct_ich", tmp_path, n_cases=2)
     scans = _ct_ich_top(root) / "ct_scans"
     shutil.copy(scans / "049.nii", scans / "049.nii.gz")  # same case twice (.nii and .nii.gz)
     cases, _ = layouts.read_layout("ct_ich", root)
     assert [c.case_id for c in cases] == ["049", "049", "050"]
-    manifest, skipped = build_shards(
-        cases,
-        tmp_path / "out",
-        plan=plan_for_cases("ct_ich", cases, {"windows": ["brain"]}),
-        n_folds=2,
-        progress=False,
-    )
+    manifest, skipped = build(cases, tmp_path / "out", "ct_ich", n_folds=2, windows=["brain"])
     assert manifest["counts"]["volumes"] == 1
     assert [s["case_id"] for s in skipped] == ["049", "049"]
     assert all("duplicate" in s["error"] for s in skipped)
@@ -372,7 +351,7 @@ def test_atlas2_intensities_are_mri_like(written):
 # -------------------------------------------------------------------------------------- RSNA
 
 
-def test_rsna_csv_rows_naming_missing_files_are_problems(tmp_path):
+def test_rsna_csv_rows_naming_missing_files_are_problems(build, tmp_path):
     root = _write("rsna", tmp_path / "src", n_cases=3)
     truth = read_truth(root)["cases"]
     csv_path = root / "stage_2_train.csv"
@@ -392,13 +371,8 @@ def test_rsna_csv_rows_naming_missing_files_are_problems(tmp_path):
     }
     missing = next(p for p in problems if p["case_id"] == "ID_0000dead1")
     assert missing["file"] == str(root / "stage_2_train" / "ID_0000dead1.dcm")
-    manifest, skipped = build_shards(
-        cases,
-        tmp_path / "out",
-        plan=plan_for_cases("rsna", cases, {"windows": ["brain"]}),
-        n_folds=2,
-        progress=False,
-        reader_problems=problems,
+    manifest, skipped = build(
+        cases, tmp_path / "out", "rsna", n_folds=2, reader_problems=problems, windows=["brain"]
     )
     assert manifest["counts"]["volumes"] == 2
     assert sorted(s["case_id"] for s in skipped) == sorted(p["case_id"] for p in problems)

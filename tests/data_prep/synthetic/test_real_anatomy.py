@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from data_prep.build_shards import build_shards, plan_for_cases
 from data_prep.layouts.pairs import read_pairs_layout
 from data_prep.synthetic import ct_hemorrhage, host_anatomy, mri_stroke, phantom
 from data_prep.synthetic import real_anatomy as ra
@@ -310,7 +309,7 @@ def test_bad_inputs_name_the_file(template, mni, tmp_path):
     ],
 )
 def test_dataset_reads_back_and_builds_shards(
-    shared_data, tmp_path, kind, folder, spacing, windows
+    build, shared_data, tmp_path, kind, folder, spacing, windows
 ):
     root = tmp_path / "data"
     source = shared_data / folder
@@ -340,13 +339,7 @@ def test_dataset_reads_back_and_builds_shards(
             assert (root / "territories" / f"{files_i.case_id}.nii.gz").exists()
     # dataset.json says the modality, and the pairs reader takes it from there.
     assert {f.modality for f in files} == {"CT" if kind == "hemorrhage" else "MR"}
-    manifest, skipped = build_shards(
-        files,
-        tmp_path / "shards",
-        plan=plan_for_cases("pairs", files, {"windows": windows}),
-        n_folds=2,
-        progress=False,
-    )
+    manifest, skipped = build(files, tmp_path / "shards", n_folds=2, windows=windows)
     assert not skipped, skipped
     assert manifest["counts"]["volumes"] == 2 and manifest["counts"]["lesion_volumes"] == 2
     # The same arguments again: the complete folder is kept as it is.
