@@ -25,14 +25,14 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from data_prep.build_shards import build_shards
+from data_prep.build_shards import build_cases
 from data_prep.layouts.pairs import read_pairs_layout
 src, out, windows = sys.argv[1], sys.argv[2], sys.argv[5]
 workers, n = int(sys.argv[3]), int(sys.argv[4])
 cases = read_pairs_layout(Path(src))[:n]
 t = time.perf_counter()
-manifest, skipped = build_shards(cases, Path(out), windows=windows.split(","), workers=workers,
-                                 progress=False)
+manifest, skipped = build_cases("pairs", cases, Path(out), {"windows": windows.split(",")},
+                                workers=workers, progress=False)
 seconds = time.perf_counter() - t
 assert not skipped, skipped
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -159,7 +159,7 @@ def test_model_from_config_passes_only_the_options_the_model_takes():
 def test_output_prior_sets_the_head_bias():
     from lesionjax.models.registry import model_from_config
 
-    model = model_from_config(_model_config(output_prior=0.01), 1, rngs=nnx.Rngs(0))
+    model = model_from_config(_model_config(output_prior=0.01), 1, rngs=nnx.Rngs(params=_rbg(0)))
     np.testing.assert_allclose(np.asarray(model.head.bias[...]), np.log(0.01 / 0.99), rtol=1e-6)
 
 
