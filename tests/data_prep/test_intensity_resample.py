@@ -55,6 +55,32 @@ def test_zscore_normalization_and_brain_mask():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_a_constant_background_of_any_value_is_background():
+    """A volume normalized upstream (mean/std over the brain, BraTS-style) has its background at
+    a negative constant, here -0.8. It is background for the normalization and for the slice
+    content rule alike: the result is the one of the same scan with a zero background."""
+    data, brain, _ = _brain((40, 48, 30))
+    mu, sd = data[brain].mean(), data[brain].std()
+    upstream = np.where(brain, (data - mu) / sd, -0.8).astype(np.float32)
+    assert intensity.background_value(upstream) == pytest.approx(-0.8)
+    np.testing.assert_array_equal(intensity.foreground_mask(upstream), brain)
+    for method in ("zscore", "percentile"):
+        ours = intensity.normalize_intensity(upstream, method=method)
+        reference = intensity.normalize_intensity(data, method=method)
+        np.testing.assert_allclose(ours, reference, atol=1e-5)
+        assert (ours[~brain] == 0).all()
+        kept = select_axial_slices(ours, "MR", min_content=0.1)
+        assert 0 < len(kept) < 30  # the slices at both ends hold no brain and are dropped
+        np.testing.assert_array_equal(kept, select_axial_slices(reference, "MR", min_content=0.1))
+
+
+def test_no_constant_background_means_every_voxel_is_foreground():
+    rng = np.random.default_rng(1)
+    noisy = rng.normal(10.0, 1.0, (12, 12, 6)).astype(np.float32)  # noise everywhere, no constant
+    assert intensity.background_value(noisy) is None
+    assert intensity.foreground_mask(noisy).all()
+
+
 def test_constant_foreground_is_an_error():
     data = np.zeros((8, 8, 8), np.float32)
     data[2:6, 2:6, 2:6] = 5.0
