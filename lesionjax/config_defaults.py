@@ -66,6 +66,11 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.model.features = (32, 64, 128, 256, 512)
     c.model.out_channels = 1  # binary lesion masks: one sigmoid output
     c.model.dropout = 0.5  # resunet2d only
+    # unet2d only (lesionjax.models.layers): "batch" | "instance"; "relu" | "leaky_relu";
+    # "maxpool" | "strided". The defaults are the papers' architecture.
+    c.model.norm = "batch"
+    c.model.activation = "relu"
+    c.model.downsample = "maxpool"
     c.model.output_prior = 0.0  # > 0: output bias starts at log(p / (1 - p)) (0: zero bias)
 
     c.loss = "dice"  # "dice" | "bce" | "dice_bce"

@@ -1,5 +1,6 @@
-"""Building blocks of the 2D U-Nets (Flax NNX): conv + BatchNorm + ReLU, the fused BN-ReLU,
-max-pooling, the 2x2 transposed conv as one matmul, the double-conv block and the decoder.
+"""Building blocks of the 2D U-Nets (Flax NNX): conv + norm + activation (BatchNorm or
+InstanceNorm, ReLU or LeakyReLU), the fused BN-ReLU, max-pooling, the 2x2 transposed conv as one
+matmul, the double-conv block and the decoder.
 
 BatchNorm (epsilon 1e-3 as Keras, running-average momentum 0.9, see BN_MOMENTUM) uses batch
 statistics when ``train=True`` (and updates its running averages) and the running
@@ -144,8 +145,30 @@ class ConvTranspose2x2(nnx.Module):
         return y + self.bias[...].astype(self.dtype)
 
 
-class ConvBNReLU(nnx.Module):
-    """conv3x3 ('SAME', no bias) -> BN -> ReLU. x: (B, H, W, C_in) -> (B, H/s, W/s, C_out)."""
+NORMS = ("batch", "instance")
+DOWNSAMPLING = ("maxpool", "strided")
+ACTIVATIONS = ("relu", "leaky_relu")
+LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU
+IN_EPSILON = 1e-5  # InstanceNorm epsilon (PyTorch's and MONAI's)
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "relu":
+        return jax.nn.relu(x)
+    if name == "leaky_relu":
+        return jax.nn.leaky_relu(x, LEAKY_SLOPE)
+    raise ValueError(f"activation {name!r}: expected one of {ACTIVATIONS}")
+
+
+class ConvNormAct(nnx.Module):
+    """conv3x3 ('SAME', no bias) -> norm -> activation. x: (B, H, W, C_in) -> (B, H/s, W/s, C_out).
+
+    norm: "batch" (BatchNorm, batch statistics in training, running averages in eval mode; with
+    ReLU it runs the fused ``batch_norm_relu``) or "instance" (InstanceNorm: each sample and
+    channel normalized over H and W, the same in training and eval, no running statistics).
+    The conv has no bias either way: the norm's mean subtraction cancels it.
+    act: "relu" or "leaky_relu" (slope ``LEAKY_SLOPE``).
+    """
 
     def __init__(
         self,
@@ -153,10 +176,16 @@ class ConvBNReLU(nnx.Module):
         out_features: int,
         *,
         strides: int = 1,
+        norm: str = "batch",
+        act: str = "relu",
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
     ):
+        if norm not in NORMS:
+            raise ValueError(f"norm {norm!r}: expected one of {NORMS}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"activation {act!r}: expected one of {ACTIVATIONS}")
         self.conv = nnx.Conv(
             in_features,
             out_features,
@@ -168,10 +197,21 @@ class ConvBNReLU(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        self.bn = batch_norm(out_features, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.act = act
+        if norm == "batch":
+            self.bn = batch_norm(out_features, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        else:
+            self.instance_norm = nnx.InstanceNorm(
+                out_features, epsilon=IN_EPSILON, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return batch_norm_relu(self.bn, self.conv(x), train=train)
+        y = self.conv(x)
+        if hasattr(self, "bn"):
+            if self.act == "relu":
+                return batch_norm_relu(self.bn, y, train=train)
+            return activation(self.act, self.bn(y, use_running_average=not train))
+        return activation(self.act, self.instance_norm(y))
 
 
 def batch_norm(features: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.BatchNorm:
@@ -186,11 +226,25 @@ def batch_norm(features: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Batc
 
 
 class DoubleConv(nnx.Module):
-    """The baseline block: 2 x (conv3x3 + BN + ReLU). x: (B, H, W, C_in) -> (B, H, W, C_out)."""
+    """The baseline block: 2 x (conv3x3 + norm + activation), the first conv with ``strides``.
 
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, **dt):
-        self.first = ConvBNReLU(in_features, out_features, rngs=rngs, **dt)
-        self.second = ConvBNReLU(out_features, out_features, rngs=rngs, **dt)
+    x: (B, H, W, C_in) -> (B, H/s, W/s, C_out). ``norm``/``act`` as ``ConvNormAct``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        strides: int = 1,
+        norm: str = "batch",
+        act: str = "relu",
+        rngs: nnx.Rngs,
+        **dt,
+    ):
+        kw = dict(norm=norm, act=act, rngs=rngs, **dt)
+        self.first = ConvNormAct(in_features, out_features, strides=strides, **kw)
+        self.second = ConvNormAct(out_features, out_features, **kw)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         return self.second(self.first(x, train=train), train=train)
@@ -215,13 +269,21 @@ def check_input(x: jax.Array, in_channels: int, levels: int) -> None:
 
 
 class UNetDecoder(nnx.Module):
-    """Baseline decoder: per level, up 2x2 -> concat skip -> 2 x (conv3x3 + BN + ReLU)."""
+    """Baseline decoder: per level, up 2x2 -> concat skip -> 2 x (conv3x3 + norm + activation)."""
 
-    def __init__(self, features: tuple[int, ...], *, rngs: nnx.Rngs, **dt):
+    def __init__(
+        self,
+        features: tuple[int, ...],
+        *,
+        norm: str = "batch",
+        act: str = "relu",
+        rngs: nnx.Rngs,
+        **dt,
+    ):
         ups, blocks = [], []
         for deep, shallow in zip(features[:0:-1], features[-2::-1], strict=True):
             ups.append(ConvTranspose2x2(deep, shallow, rngs=rngs, **dt))
-            blocks.append(DoubleConv(2 * shallow, shallow, rngs=rngs, **dt))
+            blocks.append(DoubleConv(2 * shallow, shallow, norm=norm, act=act, rngs=rngs, **dt))
         self.ups = nnx.List(ups)
         self.blocks = nnx.List(blocks)
 

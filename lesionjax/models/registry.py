@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lesionjax.core.errors import ConfigError
+from lesionjax.models.layers import ACTIVATIONS, DOWNSAMPLING, NORMS
 from lesionjax.models.resunet2d import ResUNet2D
 from lesionjax.models.unet2d import UNet2D
 
@@ -30,8 +31,18 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "unet2d": ModelSpec(UNet2D),
+    "unet2d": ModelSpec(UNet2D, options=("norm", "activation", "downsample")),
     "resunet2d": ModelSpec(ResUNet2D, options=("dropout",)),
+}
+
+
+# Every model option: its allowed values (None: any) and the default (what a model without the
+# option builds).
+OPTIONS = {
+    "norm": (NORMS, "batch"),
+    "activation": (ACTIVATIONS, "relu"),
+    "downsample": (DOWNSAMPLING, "maxpool"),
+    "dropout": (None, 0.5),
 }
 
 
@@ -62,6 +73,17 @@ def check_model_config(m) -> None:
             f"model.out_channels={m.out_channels}: the segmentation losses and metrics are "
             "binary (one sigmoid output: lesion vs background); use model.out_channels=1"
         )
+    spec = _spec(m.name)
+    for key, (allowed, default) in OPTIONS.items():
+        if key not in m:
+            continue
+        if allowed is not None and m[key] not in allowed:
+            raise ConfigError(f"model.{key}={m[key]!r}: expected one of {allowed}")
+        if key not in spec.options and m[key] != default:
+            raise ConfigError(
+                f"model.{key}={m[key]!r}: {m.name} has no {key} option (it takes: "
+                f"{', '.join(spec.options) or 'none'})"
+            )
     prior = m.get("output_prior", 0.0)
     if prior and not 0.0 < prior < 1.0:
         raise ConfigError(f"model.output_prior={prior}: expected a probability in (0, 1), or 0")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lesionjax.models.layers import (
+    DOWNSAMPLING,
     DoubleConv,
     UNetDecoder,
     check_features,
@@ -31,6 +32,11 @@ class UNet2D(nnx.Module):
     transposed conv to the level's width, concatenation with the skip, 2 x (conv3x3 + BN + ReLU).
     Head: 1x1 conv to ``out_channels`` logits.
 
+    Options (the papers' architecture is the default): ``norm`` "batch" | "instance",
+    ``activation`` "relu" | "leaky_relu" (``layers.ConvNormAct``), ``downsample`` "maxpool" |
+    "strided" (the first conv of each deeper level has stride 2 instead of a max-pool before it,
+    as nnU-Net does).
+
     x: (B, H, W, in_channels) float, H and W divisible by 2**(len(features)-1)
     -> logits (B, H, W, out_channels); probabilities are ``jax.nn.sigmoid(logits)``.
     """
@@ -42,21 +48,28 @@ class UNet2D(nnx.Module):
         features: Sequence[int] = (32, 64, 128, 256, 512),
         *,
         rngs: nnx.Rngs,
+        norm: str = "batch",
+        activation: str = "relu",
+        downsample: str = "maxpool",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
     ):
         features = check_features(features)
+        if downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample {downsample!r}: expected one of {DOWNSAMPLING}")
         dt = dict(dtype=dtype, param_dtype=param_dtype)
+        block = dict(norm=norm, act=activation, **dt)
         self.in_channels = in_channels
         self.features = features
+        self.strided = downsample == "strided"
         widths = (in_channels, *features)
         self.encoder = nnx.List(
             [
-                DoubleConv(a, b, rngs=rngs, **dt)
-                for a, b in zip(widths[:-1], widths[1:], strict=True)
+                DoubleConv(a, b, strides=2 if level and self.strided else 1, rngs=rngs, **block)
+                for level, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
             ]
         )
-        self.decoder = UNetDecoder(features, rngs=rngs, **dt)
+        self.decoder = UNetDecoder(features, rngs=rngs, **block)
         self.head = nnx.Conv(features[0], out_channels, (1, 1), rngs=rngs, **dt)
 
     def __call__(
@@ -67,12 +80,14 @@ class UNet2D(nnx.Module):
         check_input(x, self.in_channels, len(self.features))
         skips = []
         for level, block in enumerate(self.encoder):
-            if level > 0:
-                x = max_pool_2x2(x)
-            x = block(x, train=train)
+            x = block(self._down(x, level), train=train)
             skips.append(x)
         x = self.decoder(skips.pop(), skips[::-1], train=train)
         return self.head(x)
+
+    def _down(self, x: jax.Array, level: int) -> jax.Array:
+        """The input of encoder level ``level``: max-pooled below level 0 unless strided."""
+        return max_pool_2x2(x) if level > 0 and not self.strided else x
 
     def bottleneck_features(self, x: jax.Array) -> jax.Array:
         """Eval-mode output of the deepest encoder level (the bottleneck), for feature plots.
@@ -81,5 +96,5 @@ class UNet2D(nnx.Module):
         """
         check_input(x, self.in_channels, len(self.features))
         for level, block in enumerate(self.encoder):
-            x = block(max_pool_2x2(x) if level > 0 else x, train=False)
+            x = block(self._down(x, level), train=False)
         return x

@@ -227,3 +227,84 @@ def test_fused_batch_norm_relu_equals_nnx_batch_norm_then_relu(train):
         )
     for name in ("mean", "var"):  # running averages updated alike (train) or untouched (eval)
         np.testing.assert_allclose(getattr(bn_a, name)[...], getattr(bn_b, name)[...], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ model options
+
+
+def test_instance_norm_matches_a_numpy_reference():
+    """InstanceNorm in a ConvNormAct: each sample and channel normalized over H and W (biased
+    variance, eps 1e-5), then scale and bias, the same in training and eval mode."""
+    block = layers.ConvNormAct(3, 4, norm="instance", act="relu", rngs=nnx.Rngs(params=_rbg(5)))
+    block.instance_norm.scale[...] = jnp.array([1.0, 2.0, 0.5, 1.5])
+    block.instance_norm.bias[...] = jnp.array([0.0, 0.1, -0.2, 0.3])
+    x = jax.random.normal(jax.random.key(6), (2, 8, 8, 3))
+    y = np.asarray(block.conv(x), np.float64)
+    mean = y.mean(axis=(1, 2), keepdims=True)
+    var = y.var(axis=(1, 2), keepdims=True)
+    scale = np.array([1.0, 2.0, 0.5, 1.5])
+    bias = np.array([0.0, 0.1, -0.2, 0.3])
+    expected = np.maximum((y - mean) / np.sqrt(var + 1e-5) * scale + bias, 0.0)
+    for train in (True, False):
+        np.testing.assert_allclose(np.asarray(block(x, train=train)), expected, atol=1e-5)
+
+
+def test_leaky_relu_keeps_a_slope_below_zero():
+    block = layers.ConvNormAct(
+        2, 3, norm="instance", act="leaky_relu", rngs=nnx.Rngs(params=_rbg(7))
+    )
+    x = jax.random.normal(jax.random.key(8), (1, 6, 6, 2))
+    y = np.asarray(block.conv(x), np.float64)
+    z = (y - y.mean(axis=(1, 2), keepdims=True)) / np.sqrt(y.var(axis=(1, 2), keepdims=True) + 1e-5)
+    expected = np.where(z > 0, z, layers.LEAKY_SLOPE * z)
+    np.testing.assert_allclose(np.asarray(block(x, train=True)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"norm": "instance"},
+        {"activation": "leaky_relu"},
+        {"downsample": "strided"},
+        {"norm": "instance", "activation": "leaky_relu", "downsample": "strided"},
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_unet_options_keep_the_shapes_and_give_finite_gradients(options):
+    model = UNet2D(2, 1, SMALL, rngs=nnx.Rngs(params=_rbg(9)), **options)
+    x = jax.random.uniform(jax.random.key(10), (2, 16, 16, 2))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        m = nnx.merge(graphdef, p, rest, copy=True)
+        return jnp.mean(jax.nn.sigmoid(m(x, train=True)))
+
+    out = model(x, train=False)
+    assert out.shape == (2, 16, 16, 1)
+    assert model.bottleneck_features(x).shape == (2, 4, 4, SMALL[-1])
+    grads = jax.grad(loss)(params)
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(bool(jnp.isfinite(g).all()) for g in leaves)
+    assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+def test_strided_downsampling_replaces_the_max_pool():
+    pooled = UNet2D(1, 1, SMALL, rngs=nnx.Rngs(params=_rbg(11)))
+    strided = UNet2D(1, 1, SMALL, rngs=nnx.Rngs(params=_rbg(11)), downsample="strided")
+    assert [b.first.conv.strides for b in strided.encoder] == [1, 2, 2]
+    assert [b.first.conv.strides for b in pooled.encoder] == [1, 1, 1]
+    # No running statistics with instance norm: eval and train modes agree.
+    inorm = UNet2D(1, 1, SMALL, rngs=nnx.Rngs(params=_rbg(12)), norm="instance")
+    x = jax.random.uniform(jax.random.key(13), (2, 16, 16, 1))
+    np.testing.assert_allclose(np.asarray(inorm(x, train=True)), np.asarray(inorm(x)), atol=1e-6)
+
+
+def test_model_options_are_checked_against_the_model():
+    from lesionjax.models.registry import check_model_config
+
+    with pytest.raises(
+        ValueError, match=r"model.norm='group': expected one of \('batch', 'instance'\)"
+    ):
+        check_model_config(_model_config(norm="group"))
+    with pytest.raises(ValueError, match="model.norm='instance': resunet2d has no norm option"):
+        check_model_config(_model_config(name="resunet2d", norm="instance"))
