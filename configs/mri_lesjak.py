@@ -20,7 +20,7 @@ patient19 itself (``python -m lesionjax.evaluate --workdir W --split train``) an
 held-out patient07 (recall 0.53, precision 0.015: 35 mL predicted for 1 mL of lesions, the
 lesion-load shift between the two patients); ``:swap`` (trained on patient07's 1 mL) finds little
 of patient19's 51 mL (Dice 0.027; 0.072 with FLAIR+T1+T2; precision > 0.78). See
-tests/test_real_mri.py for baselines.
+tests/lesionjax/tasks/test_real_mri.py for baselines.
 """
 
 from pathlib import Path

@@ -173,13 +173,16 @@ def assign_folds(entries: Sequence[dict], n_folds: int, seed: int) -> dict[str, 
 
 
 def build_manifest(
-    entries: Sequence[dict], plan: PreprocessingPlan, n_folds: int, seed: int
+    entries: Sequence[dict], plan: PreprocessingPlan, n_folds: int, seed: int, out_dir: Path
 ) -> dict:
     entries = sorted(entries, key=lambda e: e["case_id"])
     counts = {e["channels"] for e in entries}
     if len(counts) > 1:
         by_count = {c: [e["case_id"] for e in entries if e["channels"] == c] for c in counts}
-        raise BuildError(f"volumes have different numbers of input channels: {by_count}")
+        raise BuildError(
+            f"{out_dir}: the volumes have different numbers of input channels {by_count}; a "
+            "dataset must give every case the same input images"
+        )
     folds = assign_folds(entries, n_folds, seed)
     offset = 0
     volumes = []
@@ -213,7 +216,7 @@ def build_shards(
     cases: Sequence[CaseFiles],
     out_dir: Path,
     *,
-    plan: PreprocessingPlan,
+    plan: PreprocessingPlan | None,
     n_folds: int = 5,
     seed: int = 0,
     workers: int = 1,
@@ -223,8 +226,11 @@ def build_shards(
     """Builds (or completes) the shard folder with ``plan``. Returns (manifest, skipped cases).
 
     reader_problems: problems the layout reader found ({case_id, file, error}), reported with
-    the build's own skips.
+    the build's own skips. ``plan`` may be None only when there is no case (the reader found
+    problems alone): they are reported and the build fails.
     """
+    if plan is None and cases:
+        raise ValueError("build_shards: a plan is needed to build cases")
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     skipped: list[dict] = [dict(p) for p in reader_problems]
@@ -300,7 +306,7 @@ def build_shards(
             f"{out_dir}: no case could be built ({len(skipped)} skipped, listed in "
             f"{out_dir / SKIPPED})"
         )
-    manifest = build_manifest(entries, plan, n_folds, seed)
+    manifest = build_manifest(entries, plan, n_folds, seed, out_dir)
     atomic_write_json(out_dir / MANIFEST, manifest)
     skipped_path = out_dir / SKIPPED
     if skipped:
@@ -333,7 +339,8 @@ def build_cases(
     return build_shards(
         cases,
         out,
-        plan=plan_for_cases(dataset, cases, options),
+        # No readable case: nothing to plan for; the build reports the reader's problems.
+        plan=plan_for_cases(dataset, cases, options) if cases else None,
         n_folds=n_folds,
         seed=seed,
         workers=workers,

@@ -172,7 +172,7 @@ def resolve_plan(
         raise ConfigError(f"dataset {dataset!r}: modality {modality!r} is not CT or MR")
     unknown = set(options) - set(OPTION_FIELDS)
     if unknown:
-        raise ConfigError(f"unknown preprocessing options {sorted(unknown)}")
+        raise ConfigError(f"data: unknown preprocessing options {sorted(unknown)}")
     merged: dict = {**MODALITY_DEFAULTS[modality], **(dataset_defaults or {}), **options}
     size = merged.get("size")
     if isinstance(size, int):

@@ -48,8 +48,8 @@ def check_slurm_step() -> None:
         if missing:
             found += f", no {' or '.join(missing)}"
         raise DistributedSetupError(
-            f"SLURM_NTASKS={n} asks for {n} processes, but this one was not started by srun as "
-            f"one of them ({found}): run the command through srun (srun python -m "
+            f"SLURM_NTASKS={n}: {n} processes are asked for, but this one was not started by "
+            f"srun as one of them ({found}); run the command through srun (srun python -m "
             "lesionjax.main ...), or unset SLURM_NTASKS for a single-process run"
         )
 

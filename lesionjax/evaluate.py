@@ -39,6 +39,7 @@ import numpy as np
 from lesionjax.cli import mark_absl_parsed, run_command
 from lesionjax.core.errors import UserError
 from lesionjax.core.windows import uint8_to_unit
+from lesionjax.train.state import CheckpointError
 
 
 class EvaluationError(UserError):
@@ -51,7 +52,7 @@ class Run:
 
     workdir: Path
     config: object  # ml_collections.ConfigDict
-    shards: object  # pipeline.ShardSet
+    shards: object  # data.shards.ShardSet
     state: object  # step.TrainState (replicated)
     step: int
     best_val_dice: float | None
@@ -171,7 +172,7 @@ def reevaluate(
     except ValueError as err:
         raise EvaluationError(f"{run.workdir / 'config.json'}: {err}") from None
     if split not in case_ids:
-        raise EvaluationError(f"unknown split {split!r}; expected one of {sorted(case_ids)}")
+        raise EvaluationError(f"--split {split!r}: expected one of {sorted(case_ids)}")
     case_ids = case_ids[split]
     if not case_ids:
         raise EvaluationError(
@@ -348,7 +349,7 @@ def overlay_examples(
         try:
             try:
                 run = load_run(r.workdir, step=step)
-            except EvaluationError:
+            except CheckpointError:
                 if step is None:
                     raise
                 run = load_run(r.workdir)  # the evaluated step was deleted since: the best one
@@ -356,7 +357,7 @@ def overlay_examples(
                     f"Overlays: {name} re-predicted at step {run.step} (step {step}, which "
                     "was evaluated, is no longer saved)."
                 )
-        except EvaluationError as err:
+        except UserError as err:  # no config, checkpoint or shards: left out, with the reason
             notes.append(f"Overlays: {name} left out ({err}).")
             continue
         threshold = float(r.summary.get("threshold", run.config.eval.threshold))
@@ -419,7 +420,7 @@ def compare(
     from lesionjax.eval.report import write_comparison
 
     if len(dirs) < 2:
-        raise EvaluationError(f"--compare needs at least two runs, got {len(dirs)}")
+        raise EvaluationError(f"--compare: needs at least two runs, got {len(dirs)}")
     results = [load_results(d) for d in dirs]
     names = _method_names(results, names)
     methods = {name: r.per_volume for name, r in zip(names, results, strict=True)}

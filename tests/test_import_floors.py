@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("lesionjax", "data_prep")
-# The commands and the task orchestration behind the main job.
+# The commands and the task orchestration behind the main job (predict, export and experiment
+# are the planned commands of the design card).
 TOP_FLOOR = (
     "lesionjax.main",
     "lesionjax.evaluate",

@@ -59,7 +59,7 @@ LAYOUTS: dict[str, Layout] = {
 def get_layout(name: str) -> Layout:
     """The registered layout ``name``; ValueError naming the known ones otherwise."""
     if name not in LAYOUTS:
-        raise ValueError(f"unknown dataset layout {name!r}; known: {sorted(LAYOUTS)}")
+        raise ValueError(f"dataset {name!r}: unknown dataset layout (known: {sorted(LAYOUTS)})")
     return LAYOUTS[name]
 
 

@@ -17,7 +17,7 @@ from lesionjax.core import records
 from lesionjax.core.errors import UserError
 
 
-class ShardSetError(UserError):
+class ShardSetError(UserError, ValueError):
     """A shard folder is missing, incomplete or of another schema version."""
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from lesionjax.core.atomic import atomic_write_text
 from lesionjax.core.labels import SLICE_LABELS, SUBTYPES
 from lesionjax.core.windows import uint8_to_unit
-from lesionjax.data.shards import ShardSet
+from lesionjax.data.shards import ShardSet, ShardSetError
 from lesionjax.eval.inference import VolumePredictor
 from lesionjax.eval.metrics import NSD_TOLERANCE_MM, summarize, volume_metrics
 from lesionjax.eval.report import read_metrics_log, write_report
@@ -38,7 +38,7 @@ def slice_subtype_labels(shards: ShardSet, case_id: str) -> np.ndarray:
     out = np.zeros((entry["n_slices"], len(SUBTYPES)), bool)
     if labels.size:
         if labels.shape != (entry["n_slices"], len(columns)):
-            raise ValueError(
+            raise ShardSetError(
                 f"{shards.root / 'manifest.json'}: {case_id}: slice_labels shape {labels.shape} "
                 f"!= ({entry['n_slices']}, {len(columns)})"
             )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionjax.core.atomic import atomic_write_text
+from lesionjax.core.errors import UserError
 from lesionjax.eval.metrics import format_summary_table, overlap_metrics
 from lesionjax.eval.plotting import (
     FONT,
@@ -36,6 +37,10 @@ CURVE_METRICS = ("loss", "dice", "iou", "precision", "recall", "auc", "lr")
 REQUIRED_CURVES = ("loss", "dice", "auc", "precision", "recall", "lr")
 PER_VOLUME_COLUMNS = ("dice", "iou", "precision", "recall", "gt_ml", "pred_ml")
 SPLIT_COLOURS = {"train": "#0072b2", "val": "#d55e00", "test": "#009e73"}
+
+
+class MetricsLogError(UserError, ValueError):
+    """A file given as a metrics log is not one; the message names the file (and line)."""
 
 
 def read_metrics_log(path: str | os.PathLike) -> list[dict]:
@@ -59,11 +64,11 @@ def read_metrics_log(path: str | os.PathLike) -> list[dict]:
             continue
         if not isinstance(record, dict):
             kind = type(record).__name__
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got a {kind}")
+            raise MetricsLogError(f"{path}:{lineno}: expected a JSON object, got a {kind}")
         key = (record.get("split"), record["step"]) if "step" in record else ("line", lineno)
         by_key[key] = record  # a dict keeps the first position and takes the last value
     if numbered and not by_key:
-        raise ValueError(f"{path}: no line is a JSON object; not a metrics log")
+        raise MetricsLogError(f"{path}: no line is a JSON object; not a metrics log")
     return list(by_key.values())
 
 

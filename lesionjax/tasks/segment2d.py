@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax
 
-from lesionjax.core.errors import UserError
+from lesionjax.core.errors import ConfigError, UserError
 from lesionjax.data import sampling
 from lesionjax.data.shards import ShardSet
 from lesionjax.tasks.data import prepare_shards
@@ -60,6 +60,8 @@ def run_segmentation(config, workdir: Path) -> dict:
 
     split = sampling.split_case_ids(shards, config.data.test_fold, config.data.val_fold)
     eval_split = config.eval.split
+    if eval_split not in split:
+        raise ConfigError(f"eval.split={eval_split!r}: expected one of {sorted(split)}")
     check_has_masks(shards, split["train"] + split["val"], "training and validation")
     check_has_masks(shards, split[eval_split], f"evaluation ({eval_split})")
     result = train(config, workdir, shards, split)

@@ -168,7 +168,7 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
     # ---------------------------------------------------------------- input pipeline
     if tcfg.batch_size % jax.device_count():
         raise ConfigError(
-            f"train.batch_size={tcfg.batch_size} must be divisible by the {jax.device_count()} "
+            f"train.batch_size={tcfg.batch_size}: must be divisible by the {jax.device_count()} "
             "devices (each device takes an equal share of the batch)"
         )
     dcfg = config.data
@@ -272,6 +272,7 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
         disable=not is_main or not config.get("progress", True),
         dynamic_ncols=True,
     )
+    t_start = time.perf_counter()
     pending: tuple[int, dict] | None = None  # metrics of the previous step, read one step late
     window: list[float] = []
     t_last, seen_last = time.perf_counter(), start_step
@@ -303,6 +304,8 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
                 "loss": float(np.mean(window)),
                 "lr": float(run.schedule(step)),
                 "images_per_s": (done - seen_last) * tcfg.batch_size / (now - t_last),
+                # Wall-clock seconds since this (possibly resumed) run started, compile included.
+                "seconds": now - t_start,
             }
             metrics_log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")

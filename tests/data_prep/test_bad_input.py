@@ -348,11 +348,18 @@ def test_csv_row_naming_a_missing_file_is_reported(tmp_path, capsys):
     missing.unlink()
     out = tmp_path / "shards"
     assert _run_dataset("rsna", root, out) == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("skipped")]
-    assert lines and all(missing.stem in line for line in lines), err
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {missing.stem}: {missing}: listed in stage_2_train.csv but the file is missing",
+        f"1 case(s) skipped, listed in {out / bs.SKIPPED}",
+    ]
     skipped = json.loads((out / bs.SKIPPED).read_text())
-    assert any(missing.stem in s["file"] or missing.stem in s["error"] for s in skipped)
+    assert skipped == [
+        {
+            "case_id": missing.stem,
+            "file": str(missing),
+            "error": "listed in stage_2_train.csv but the file is missing",
+        }
+    ]
     manifest = json.loads((out / bs.MANIFEST).read_text())
     assert {v["case_id"] for v in manifest["volumes"]} >= {cases[1].case_id, cases[2].case_id}
 
@@ -382,8 +389,14 @@ def test_nnunet_multichannel_cases_and_a_misregistered_channel(tmp_path, capsys)
     assert not problems and all(len(c.channels) == 1 for c in cases)
     out = tmp_path / "shards"
     assert _run_dataset("nnunet", root, out) == 1
-    err = capsys.readouterr().err
-    assert "affine differs" in err and "_0001" in err
+    last = images[-1]
+    channel = Path(str(last).replace("_0000", "_0001"))
+    case = last.name.removesuffix("_0000.nii.gz")
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {case}: {channel}: channel affine differs from image affine {last} (max "
+        "difference 4)",
+        f"1 case(s) skipped, listed in {out / bs.SKIPPED}",
+    ]
     shards = ShardSet.load(out)
     assert shards.n_channels == 2 and len(shards.volumes) == 2
     vol = shards.read_volume(shards.volumes[0]["case_id"])
@@ -398,11 +411,10 @@ def test_bytes_that_are_not_dicom_in_a_series_are_reported(tmp_path, capsys):
     victim.write_bytes(b"\x00" * 64 + b"not a DICOM file at all" * 10)
     out = tmp_path / "shards"
     assert _run_dataset("rsna", root, out) == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("skipped")]
-    assert lines and any(victim.name in line for line in lines), err
-    skipped = json.loads((out / bs.SKIPPED).read_text())
-    assert any(victim.name in s["file"] or victim.name in s["error"] for s in skipped)
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {victim.stem}: {victim}: not a DICOM file (no DICOM header could be parsed)",
+        f"1 case(s) skipped, listed in {out / bs.SKIPPED}",
+    ]
     # The undamaged series are built and readable.
     shards = ShardSet.load(out)
     assert {cases[0].case_id, cases[1].case_id} <= {v["case_id"] for v in shards.volumes}

@@ -119,7 +119,7 @@ def test_resample_preserves_world_coordinates_and_maps_slices():
     assert abs(vol_out - vol_in) / vol_in < 0.05
 
 
-def test_select_slices_by_range_and_content():
+def test_select_axial_slices_by_range_and_content():
     data, _, _ = _brain((20, 20, 30))
     assert list(select_axial_slices(data, "MR", slice_range=(10, 15))) == [10, 11, 12, 13, 14]
     assert list(select_axial_slices(data, "MR", slice_range=(-3, 30))) == [27, 28, 29]

@@ -50,13 +50,25 @@ def test_a_lesion_lost_in_the_resize_is_not_a_lesion_slice(tmp_path):
 
 
 def test_manifest_counts_and_folds_come_from_the_stored_masks(tmp_path):
-    # Case "tiny" has only a one-voxel lesion: at 16 x 16 it has none, so it is a lesion-free
-    # volume for the fold stratification and the manifest's counts.
+    """Two volumes with a real lesion and four whose only lesion is one voxel, lost at 16 x 16:
+    for the counts and the fold stratification those four are lesion-free, so each of the two
+    folds gets one of the lesion volumes (stratifying on the source masks, six "lesion volumes",
+    puts both in fold 1 with this fold seed: checked below)."""
+    from data_prep.build_shards import assign_folds
+
     tiny = np.zeros((64, 64, 4), np.uint8)
     tiny[40, 40, 2] = 1
-    cases = [_write(tmp_path, "big", _masks(tiny=False)), _write(tmp_path, "tiny", tiny)]
+    names = ["big0", "big1", "tiny0", "tiny1", "tiny2", "tiny3"]
+    cases = [
+        _write(tmp_path, n, _masks(tiny=False) if n.startswith("big") else tiny) for n in names
+    ]
+    seed = 1
+    by_source = assign_folds([{"case_id": n, "lesion_voxels": 1} for n in names], 2, seed)
+    assert by_source["big0"] == by_source["big1"]  # what stratifying on the source would do
     plan = PreprocessingPlan("pairs", "CT", windows=("brain",), size=(16, 16))
-    manifest, skipped = build_shards(cases, tmp_path / "out", plan=plan, n_folds=2, progress=False)
+    manifest, skipped = build_shards(
+        cases, tmp_path / "out", plan=plan, n_folds=2, seed=seed, progress=False
+    )
     assert not skipped
     shards = ShardSet.load(tmp_path / "out")
     for v in manifest["volumes"]:
@@ -64,7 +76,8 @@ def test_manifest_counts_and_folds_come_from_the_stored_masks(tmp_path):
         assert v["lesion_voxels"] == int(stored.sum())
         assert v["lesion_slices"] == np.flatnonzero(stored.reshape(-1, 4).any(axis=0)).tolist()
     by_id = {v["case_id"]: v for v in manifest["volumes"]}
-    assert by_id["tiny"]["lesion_voxels"] == 0 and by_id["tiny"]["lesion_slices"] == []
-    assert manifest["counts"]["lesion_volumes"] == 1
-    # The folds are stratified on these counts: one lesion volume, one lesion-free one.
-    assert by_id["big"]["fold"] != by_id["tiny"]["fold"]
+    assert all(
+        by_id[n]["lesion_voxels"] == 0 and by_id[n]["lesion_slices"] == [] for n in names[2:]
+    )
+    assert manifest["counts"]["lesion_volumes"] == 2
+    assert by_id["big0"]["fold"] != by_id["big1"]["fold"]

@@ -102,7 +102,7 @@ def test_batch_size_not_divisible_by_the_devices(tiny_main_command, child_env, t
     code, err = _run(cmd[3:], child_env(2))
     assert code == 1
     assert err == [
-        "error: train.batch_size=3 must be divisible by the 2 devices (each device takes an "
+        "error: train.batch_size=3: must be divisible by the 2 devices (each device takes an "
         "equal share of the batch)"
     ]
 
@@ -167,7 +167,7 @@ def test_slurm_tasks_outside_srun_fail_fast(child_env, tmp_path):
     )
     assert code == 1
     assert err == [
-        "error: SLURM_NTASKS=2 asks for 2 processes, but this one was not started by srun as one "
-        "of them (SLURM_STEP_NUM_TASKS=1): run the command through srun (srun python -m "
+        "error: SLURM_NTASKS=2: 2 processes are asked for, but this one was not started by srun "
+        "as one of them (SLURM_STEP_NUM_TASKS=1); run the command through srun (srun python -m "
         "lesionjax.main ...), or unset SLURM_NTASKS for a single-process run"
     ]

@@ -144,7 +144,7 @@ def test_a_case_without_its_mask_is_kept_and_reported_by_the_build(build, name, 
 
 
 def test_unknown_layout_name():
-    with pytest.raises(ValueError, match="unknown dataset layout 'nope'"):
+    with pytest.raises(ValueError, match="dataset 'nope': unknown dataset layout"):
         layouts.read_layout("nope", ".")
 
 
