@@ -389,3 +389,34 @@ def test_compare_command_end_to_end(trained_run, tmp_path, capsys):
     write_results(partial, volumes[1:])
     rc, _, err = run_main(["--compare", trained_run, partial, "--out", tmp_path / "x"], capsys)
     assert_one_line_error(rc, err, "different volumes")
+
+
+@pytest.mark.slow
+def test_compare_leaves_out_runs_it_cannot_restore_and_says_why(trained_run, tmp_path, capsys):
+    """A run whose shards are gone is left out of the overlays with the reason; a run whose
+    evaluated checkpoint was deleted since is re-predicted at its best step, with a note."""
+    no_shards, moved = tmp_path / "no_shards", tmp_path / "moved"
+    for run in (no_shards, moved):
+        shutil.copytree(trained_run, run)
+    shutil.rmtree(no_shards / "shards")
+    summary_path = moved / "eval" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    evaluated = summary["checkpoint_step"]
+    summary["checkpoint_step"] = 99999  # a step that is no longer saved
+    summary_path.write_text(json.dumps(summary))
+    out = tmp_path / "cmp"
+    rc, _, err = run_main(
+        ["--compare", trained_run, no_shards, moved, "--out", out, "--names", "a,b,c"], capsys
+    )
+    assert rc == 0, err
+    report = (out / "report.md").read_text()
+    manifest = no_shards / "shards" / "manifest.json"
+    assert (
+        f"Overlays: b left out ({manifest}: no manifest; build shards first with python -m "
+        "data_prep.build_shards)." in report
+    )
+    assert (
+        f"Overlays: c re-predicted at step {evaluated} (step 99999, which was evaluated, is no "
+        "longer saved)." in report
+    )
+    assert (out / "overlays.png").is_file()

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from data_prep import build_shards as bs
 from data_prep import layouts
 from data_prep.layouts import cq500
 from data_prep.synthetic import phantom_layouts
@@ -474,3 +475,26 @@ def test_cq500_a_damaged_file_leaves_the_other_series(tmp_path):
     cases = cq500.read_cq500_layout(root)
     assert [p["file"] for p in cases.problems] == [str(plain / "CT000003.dcm")]
     assert len(cases) == 1 and len(cases[0].image_files) == SHAPE[2] - 1
+
+
+def test_a_dataset_whose_cases_are_all_reader_problems_is_reported(tmp_path, capsys):
+    """No readable case at all (every patient's CSV rows are wrong): each problem is printed and
+    listed in skipped.json, and the build fails saying nothing could be built."""
+    root = _write("ct_ich", tmp_path / "src", n_cases=2)
+    csv_path = _ct_ich_top(root) / "hemorrhage_diagnosis_raw_ct.csv"
+    _rewrite_csv(csv_path, lambda ln: not ln.split(",")[1] == "8")  # each patient loses a row
+    out = tmp_path / "out"
+    code = bs.main(["--dataset", "ct_ich", "--src", str(root), "--out", str(out), "--no-progress"])
+    assert code == 2
+    scans = _ct_ich_top(root) / "ct_scans"
+    lines = [
+        f"skipped {p}: {csv_path}: hemorrhage_diagnosis_raw_ct.csv lists slices 1..7 (7 rows) for "
+        f"patient {int(p)} but {p}.nii has 8 slices"
+        for p in ("049", "050")
+    ]
+    assert capsys.readouterr().err.splitlines() == [
+        *lines,
+        f"error: {out}: no case could be built (2 skipped, listed in {out / bs.SKIPPED})",
+    ]
+    assert [s["case_id"] for s in json.loads((out / bs.SKIPPED).read_text())] == ["049", "050"]
+    assert scans.is_dir() and not (out / bs.MANIFEST).exists()
