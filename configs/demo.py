@@ -22,7 +22,9 @@ def get_config(arg=None):
     c.train.epochs = 16
     c.optim.lr = 3e-3
     c.optim.decay_rate = 0.88  # per epoch: anneal within the short run
-    c.model.output_prior = 0.01
+    # No output prior (zero output bias): with batch Dice it was not needed, and starting at
+    # p = 0.01 cost held-out Dice (benchmarks/RESULTS.md, peer recipe: 0.793 -> 0.834 here).
+    c.model.output_prior = 0.0
     c.train.precise_bn_batches = 8
     # The INSTANCE 2022 windows: brain [0, 80] separates blood from brain, subdural [-20, 180]
     # blood from bone at the inner table, wide [-150, 230] the rest.

@@ -60,7 +60,10 @@ def get_config(arg=None):
     c.augment.contrast = (0.8, 1.2)
     c.augment.gamma = (0.8, 1.25)
     c.model.features = (16, 32, 64, 128, 256)
-    c.model.output_prior = 0.01
+    # No output prior: starting at p = 0.01, the model trained on patient07's few lesion voxels
+    # stayed far too conservative on patient19 (held-out Dice 0.021 against 0.331 without;
+    # benchmarks/RESULTS.md, peer recipe).
+    c.model.output_prior = 0.0
     c.loss = "batch_dice"
     c.optim.lr = 3e-3
     c.optim.decay_rate = 0.95

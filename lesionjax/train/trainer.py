@@ -160,6 +160,44 @@ def check_finite(step: int, metrics: dict, last_checkpoint: int | None, where: P
     return loss
 
 
+def _best_saved_metric(manager) -> float | None:
+    """The best validation metric among the saved steps (a resumed run keeps its best)."""
+    values = []
+    for step in manager.all_steps():
+        metrics = manager.metrics(step)
+        if metrics and state_lib.BEST_METRIC in metrics:
+            values.append(float(state_lib.best_metric(metrics)))
+    values = [v for v in values if math.isfinite(v)]
+    return max(values) if values else None
+
+
+def checkpoint_due(
+    *,
+    epoch: int,
+    final: bool,
+    every_epochs: int,
+    min_seconds: float,
+    since_last: float | None,
+    metric: float | None,
+    best: float | None,
+) -> bool:
+    """Whether to save at the end of ``epoch``.
+
+    Always at the end of training, and whenever the validation metric beats the best saved one
+    (so the best checkpoint is never lost); otherwise every ``every_epochs`` epochs, unless the
+    last save is less than ``min_seconds`` old. A save costs ~0.4 s on this CPU even for a small
+    model (measured: 2.4 s epochs on the Lesjak config spent 0.44 s saving), so short epochs would
+    spend a fifth of their time saving.
+    """
+    if final:
+        return True
+    if metric is not None and math.isfinite(metric) and (best is None or metric > best):
+        return True
+    if epoch % every_epochs:
+        return False
+    return since_last is None or since_last >= min_seconds
+
+
 def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
@@ -273,6 +311,8 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
         dynamic_ncols=True,
     )
     t_start = time.perf_counter()
+    last_save: float | None = None
+    best_saved = _best_saved_metric(manager)
     pending: tuple[int, dict] | None = None  # metrics of the previous step, read one step late
     window: list[float] = []
     t_last, seen_last = time.perf_counter(), start_step
@@ -322,15 +362,23 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
                 )
                 bar.set_postfix(val_dice=f"{val['dice']:.3f}")
             epoch = done // steps_per_epoch
+            metrics = state_lib.checkpoint_metrics(val)
+            metric = metrics[state_lib.BEST_METRIC] if metrics else None
+            now = time.perf_counter()
             # The last step always ends an epoch, so the final state is always saved here.
-            if epoch % tcfg.checkpoint_every_epochs == 0 or done == total_steps:
-                state_lib.save_state(
-                    manager,
-                    done,
-                    state,
-                    data_iter=data_iter,
-                    metrics=state_lib.checkpoint_metrics(val),
-                )
+            if checkpoint_due(
+                epoch=epoch,
+                final=done == total_steps,
+                every_epochs=tcfg.checkpoint_every_epochs,
+                min_seconds=tcfg.get("checkpoint_min_seconds", 0.0),
+                since_last=None if last_save is None else now - last_save,
+                metric=metric,
+                best=best_saved,
+            ):
+                state_lib.save_state(manager, done, state, data_iter=data_iter, metrics=metrics)
+                last_save = now
+                if metric is not None and math.isfinite(metric):
+                    best_saved = metric if best_saved is None else max(best_saved, metric)
             t_last = time.perf_counter()  # validation time is not training throughput
     bar.close()
     manager.wait_until_finished()

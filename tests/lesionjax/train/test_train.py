@@ -68,10 +68,11 @@ def test_short_training_lowers_the_loss_and_evaluates(tiny_shards, tmp_path):
     assert last < first - 0.05, (first, last)
     val = [r for r in log if r["split"] == "val"]
     assert [r["epoch"] for r in val] == list(range(1, 26))
-    # The evaluated state is the best checkpoint's, by validation Dice.
-    best = max(val[4::5], key=lambda r: r["dice"])  # checkpoints every 5 epochs
-    assert result.checkpoint_step == best["step"]
+    # The evaluated state is the best checkpoint's: every new best validation Dice is saved
+    # (between the 5-epoch saves too), so it is the best epoch's.
+    best = max(val, key=lambda r: r["dice"])
     assert result.best_val_dice == pytest.approx(best["dice"])
+    assert result.checkpoint_step == best["step"]
 
 
 def _order(workdir: Path) -> dict[int, list[int]]:
@@ -223,3 +224,18 @@ def test_metrics_log_resume_drops_a_cut_line_and_the_steps_after_the_checkpoint(
         {"step": 2, "split": "val"},
         {"step": 3, "split": "train", "loss": 0.5},
     ]
+
+
+def test_checkpoints_are_due_at_the_end_for_a_new_best_and_not_too_often():
+    from lesionjax.train.trainer import checkpoint_due
+
+    base = dict(every_epochs=2, min_seconds=60.0, metric=None, best=None, final=False)
+    assert checkpoint_due(epoch=2, since_last=None, **base)  # the first save
+    assert not checkpoint_due(epoch=3, since_last=None, **base)  # not an every-2 epoch
+    assert not checkpoint_due(epoch=4, since_last=10.0, **base)  # saved 10 s ago
+    assert checkpoint_due(epoch=4, since_last=61.0, **base)
+    assert checkpoint_due(epoch=5, since_last=1.0, **{**base, "final": True})
+    # A better validation score is saved at once, a worse or NaN one waits.
+    assert checkpoint_due(epoch=5, since_last=1.0, **{**base, "metric": 0.6, "best": 0.5})
+    assert not checkpoint_due(epoch=5, since_last=1.0, **{**base, "metric": 0.4, "best": 0.5})
+    assert not checkpoint_due(epoch=5, since_last=1.0, **{**base, "metric": float("nan")})
