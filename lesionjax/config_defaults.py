@@ -71,6 +71,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.model.norm = "batch"
     c.model.activation = "relu"
     c.model.downsample = "maxpool"
+    c.model.deep_supervision = False  # unet2d: nnU-Net's auxiliary losses at 1/2, 1/4, ...
     c.model.output_prior = 0.0  # > 0: output bias starts at log(p / (1 - p)) (0: zero bias)
 
     c.loss = "dice"  # "dice" | "bce" | "dice_bce"

@@ -117,6 +117,39 @@ def batch_dice_bce_loss(
     return batch_dice_loss(logits, target, weights) + bce_loss(logits, target, weights)
 
 
+def deep_supervision_weights(n_aux: int) -> list[float]:
+    """nnU-Net's weights for the full-resolution output and ``n_aux`` coarser ones: 1, 1/2,
+    1/4, ... normalized to sum 1 (the deepest decoder level, weight 0 in nnU-Net, has no head
+    here)."""
+    w = [0.5**i for i in range(n_aux + 1)]
+    return [x / sum(w) for x in w]
+
+
+def downsample_mask(target: jax.Array, factor: int) -> jax.Array:
+    """(B, H, W, C) {0, 1} -> (B, H/f, W/f, C): 1 where any pixel of the f x f block is 1 (a
+    max-pool: a lesion smaller than a block stays in the coarser target)."""
+    b, h, w, c = target.shape
+    return jnp.max(target.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
+
+
+def deep_supervision_loss(
+    loss_fn: LossFn, outputs, target: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """``loss_fn`` on the model's outputs: the logits, or ``(logits, [aux, finest first])``
+    from a deep-supervised model, each aux scored against the target max-pooled to its size and
+    the terms weighted by ``deep_supervision_weights``."""
+    if not isinstance(outputs, tuple):
+        return loss_fn(outputs, target, weights)
+    logits, aux = outputs
+    w = deep_supervision_weights(len(aux))
+    total = w[0] * loss_fn(logits, target, weights)
+    for wi, a in zip(w[1:], aux, strict=True):
+        total = total + wi * loss_fn(
+            a, downsample_mask(target, target.shape[1] // a.shape[1]), weights
+        )
+    return total
+
+
 _LOSSES: dict[str, LossFn] = {
     "dice": soft_dice_loss,
     "bce": bce_loss,

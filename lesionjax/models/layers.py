@@ -287,8 +287,11 @@ class UNetDecoder(nnx.Module):
         self.ups = nnx.List(ups)
         self.blocks = nnx.List(blocks)
 
-    def __call__(self, x: jax.Array, skips: list[jax.Array], *, train: bool) -> jax.Array:
-        """x: bottleneck output; skips: encoder outputs from deepest to shallowest."""
+    def __call__(self, x: jax.Array, skips: list[jax.Array], *, train: bool) -> list[jax.Array]:
+        """x: bottleneck output; skips: encoder outputs from deepest to shallowest. Returns the
+        output of every decoder level, deepest first (the last one is at full resolution)."""
+        outputs = []
         for up, block, skip in zip(self.ups, self.blocks, skips, strict=True):
             x = block(jnp.concatenate([up(x), skip], axis=-1), train=train)
-        return x
+            outputs.append(x)
+        return outputs

@@ -31,7 +31,7 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "unet2d": ModelSpec(UNet2D, options=("norm", "activation", "downsample")),
+    "unet2d": ModelSpec(UNet2D, options=("norm", "activation", "downsample", "deep_supervision")),
     "resunet2d": ModelSpec(ResUNet2D, options=("dropout",)),
 }
 
@@ -42,6 +42,7 @@ OPTIONS = {
     "norm": (NORMS, "batch"),
     "activation": (ACTIVATIONS, "relu"),
     "downsample": (DOWNSAMPLING, "maxpool"),
+    "deep_supervision": ((False, True), False),
     "dropout": (None, 0.5),
 }
 

@@ -125,7 +125,7 @@ class ResUNet2D(nnx.Module):
             x = block(x, train=train, rngs=rngs)
             skips.append(x)
         x = self.bottleneck(max_pool_2x2(x), train=train)
-        x = self.decoder(x, skips[::-1], train=train)
+        x = self.decoder(x, skips[::-1], train=train)[-1]
         return self.head(x)
 
     def bottleneck_features(self, x: jax.Array) -> jax.Array:

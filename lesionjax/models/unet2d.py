@@ -35,7 +35,10 @@ class UNet2D(nnx.Module):
     Options (the papers' architecture is the default): ``norm`` "batch" | "instance",
     ``activation`` "relu" | "leaky_relu" (``layers.ConvNormAct``), ``downsample`` "maxpool" |
     "strided" (the first conv of each deeper level has stride 2 instead of a max-pool before it,
-    as nnU-Net does).
+    as nnU-Net does), ``deep_supervision``: 1x1 heads on the decoder levels at 1/2, 1/4, ...
+    resolution (all but the full-resolution one and the deepest, as nnU-Net), whose logits the
+    training loss also scores (``losses.deep_supervision_loss``). In training mode the model then
+    returns ``(logits, [aux logits, finest first])``; in eval mode always the logits alone.
 
     x: (B, H, W, in_channels) float, H and W divisible by 2**(len(features)-1)
     -> logits (B, H, W, out_channels); probabilities are ``jax.nn.sigmoid(logits)``.
@@ -51,6 +54,7 @@ class UNet2D(nnx.Module):
         norm: str = "batch",
         activation: str = "relu",
         downsample: str = "maxpool",
+        deep_supervision: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
     ):
@@ -71,10 +75,16 @@ class UNet2D(nnx.Module):
         )
         self.decoder = UNetDecoder(features, rngs=rngs, **block)
         self.head = nnx.Conv(features[0], out_channels, (1, 1), rngs=rngs, **dt)
+        # Decoder outputs, deepest first, have widths features[-2], ..., features[0]; heads on
+        # all but the deepest and the last (full resolution, self.head), finest first.
+        aux_widths = features[1:-2] if deep_supervision else ()
+        self.aux_heads = nnx.List(
+            [nnx.Conv(w, out_channels, (1, 1), rngs=rngs, **dt) for w in aux_widths]
+        )
 
     def __call__(
         self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-    ) -> jax.Array:
+    ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
         """``rngs`` is accepted and ignored (no dropout) so callers treat both models alike."""
         del rngs
         check_input(x, self.in_channels, len(self.features))
@@ -82,8 +92,12 @@ class UNet2D(nnx.Module):
         for level, block in enumerate(self.encoder):
             x = block(self._down(x, level), train=train)
             skips.append(x)
-        x = self.decoder(skips.pop(), skips[::-1], train=train)
-        return self.head(x)
+        levels = self.decoder(skips.pop(), skips[::-1], train=train)
+        logits = self.head(levels[-1])
+        if not (train and len(self.aux_heads)):
+            return logits
+        finer_first = levels[-2::-1]  # 1/2, 1/4, ... resolution
+        return logits, [head(y) for head, y in zip(self.aux_heads, finer_first, strict=False)]
 
     def _down(self, x: jax.Array, level: int) -> jax.Array:
         """The input of encoder level ``level``: max-pooled below level 0 unless strided."""

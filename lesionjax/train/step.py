@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lesionjax.losses import LossFn
+from lesionjax.losses import LossFn, deep_supervision_loss
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -111,8 +111,8 @@ def make_train_step(
         def loss_of(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
             model = nnx.merge(graphdef, params, model_state, copy=True)
             # Rngs is created here, in the trace where dropout advances its counter.
-            logits = model(batch["image"], train=True, rngs=nnx.Rngs(dropout=dropout_key))
-            loss = loss_fn(logits, batch["mask"], batch["weight"])
+            outputs = model(batch["image"], train=True, rngs=nnx.Rngs(dropout=dropout_key))
+            loss = deep_supervision_loss(loss_fn, outputs, batch["mask"], batch["weight"])
             # BatchNorm wrote its updated running averages into the merged module.
             _, _, new_model_state = _split(model)
             return loss, new_model_state

@@ -134,3 +134,34 @@ def test_get_loss_names():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="target shape"):
         losses.soft_dice_loss(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 4, 4, 2)))
+
+
+def test_deep_supervision_loss_weighs_the_scales_like_nnunet():
+    from lesionjax.losses import (
+        deep_supervision_loss,
+        deep_supervision_weights,
+        downsample_mask,
+        soft_dice_loss,
+    )
+
+    assert deep_supervision_weights(2) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    target = np.zeros((1, 8, 8, 1), np.float32)
+    target[0, 5, 2, 0] = 1.0  # one lesion pixel
+    half = np.asarray(downsample_mask(jnp.asarray(target), 2))
+    assert half.shape == (1, 4, 4, 1) and half[0, 2, 1, 0] == 1.0 and half.sum() == 1.0
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(1, 8, 8, 1)), jnp.float32)
+    aux = [jnp.asarray(rng.normal(size=(1, s, s, 1)), jnp.float32) for s in (4, 2)]
+    expected = (
+        4 / 7 * soft_dice_loss(logits, target)
+        + 2 / 7 * soft_dice_loss(aux[0], downsample_mask(jnp.asarray(target), 2))
+        + 1 / 7 * soft_dice_loss(aux[1], downsample_mask(jnp.asarray(target), 4))
+    )
+    got = deep_supervision_loss(soft_dice_loss, (logits, aux), jnp.asarray(target))
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
+    # Plain logits: the loss itself.
+    np.testing.assert_allclose(
+        float(deep_supervision_loss(soft_dice_loss, logits, jnp.asarray(target))),
+        float(soft_dice_loss(logits, target)),
+        rtol=1e-6,
+    )

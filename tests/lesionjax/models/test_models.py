@@ -267,21 +267,25 @@ def test_leaky_relu_keeps_a_slope_below_zero():
         {"activation": "leaky_relu"},
         {"downsample": "strided"},
         {"norm": "instance", "activation": "leaky_relu", "downsample": "strided"},
+        {"deep_supervision": True},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_unet_options_keep_the_shapes_and_give_finite_gradients(options):
-    model = UNet2D(2, 1, SMALL, rngs=nnx.Rngs(params=_rbg(9)), **options)
+    features = (4, 8, 16, 32)  # four levels: deep supervision has a head at 1/2 resolution
+    model = UNet2D(2, 1, features, rngs=nnx.Rngs(params=_rbg(9)), **options)
     x = jax.random.uniform(jax.random.key(10), (2, 16, 16, 2))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(p):
         m = nnx.merge(graphdef, p, rest, copy=True)
-        return jnp.mean(jax.nn.sigmoid(m(x, train=True)))
+        out = m(x, train=True)
+        logits, aux = out if isinstance(out, tuple) else (out, [])
+        return jnp.mean(jax.nn.sigmoid(logits)) + sum(jnp.mean(jax.nn.sigmoid(a)) for a in aux)
 
     out = model(x, train=False)
     assert out.shape == (2, 16, 16, 1)
-    assert model.bottleneck_features(x).shape == (2, 4, 4, SMALL[-1])
+    assert model.bottleneck_features(x).shape == (2, 2, 2, features[-1])
     grads = jax.grad(loss)(params)
     leaves = jax.tree.leaves(grads)
     assert leaves and all(bool(jnp.isfinite(g).all()) for g in leaves)
@@ -308,3 +312,16 @@ def test_model_options_are_checked_against_the_model():
         check_model_config(_model_config(norm="group"))
     with pytest.raises(ValueError, match="model.norm='instance': resunet2d has no norm option"):
         check_model_config(_model_config(name="resunet2d", norm="instance"))
+
+
+def test_deep_supervision_adds_heads_at_half_and_quarter_resolution():
+    features = (4, 8, 16, 32, 64)
+    model = UNet2D(1, 1, features, rngs=nnx.Rngs(params=_rbg(14)), deep_supervision=True)
+    x = jax.random.uniform(jax.random.key(15), (2, 32, 32, 1))
+    logits, aux = model(x, train=True)
+    assert logits.shape == (2, 32, 32, 1)
+    assert [a.shape for a in aux] == [(2, 16, 16, 1), (2, 8, 8, 1)]
+    assert model(x, train=False).shape == (2, 32, 32, 1)  # inference: the logits alone
+    # Without it the same model returns logits in training too.
+    plain = UNet2D(1, 1, features, rngs=nnx.Rngs(params=_rbg(14)))
+    assert plain(x, train=True).shape == (2, 32, 32, 1)
