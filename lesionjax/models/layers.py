@@ -149,7 +149,11 @@ NORMS = ("batch", "instance")
 DOWNSAMPLING = ("maxpool", "strided")
 ACTIVATIONS = ("relu", "leaky_relu")
 LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU
-IN_EPSILON = 1e-5  # InstanceNorm epsilon (PyTorch's and MONAI's)
+# InstanceNorm epsilon: 1e-3 as BN_EPSILON, not PyTorch's 1e-5. A slice that is all air is a
+# constant map, where InstanceNorm multiplies gradients by 1 / sqrt(eps): 316 per layer at 1e-5,
+# which through LeakyReLU (slope 0.01) overflowed float32 within the first step on the demo;
+# 32 per layer at 1e-3 decays through LeakyReLU instead.
+IN_EPSILON = 1e-3
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
@@ -202,7 +206,12 @@ class ConvNormAct(nnx.Module):
             self.bn = batch_norm(out_features, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         else:
             self.instance_norm = nnx.InstanceNorm(
-                out_features, epsilon=IN_EPSILON, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+                out_features,
+                epsilon=IN_EPSILON,
+                use_fast_variance=False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
             )
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -234,7 +235,7 @@ def test_fused_batch_norm_relu_equals_nnx_batch_norm_then_relu(train):
 
 def test_instance_norm_matches_a_numpy_reference():
     """InstanceNorm in a ConvNormAct: each sample and channel normalized over H and W (biased
-    variance, eps 1e-5), then scale and bias, the same in training and eval mode."""
+    variance, eps ``IN_EPSILON``), then scale and bias, the same in training and eval mode."""
     block = layers.ConvNormAct(3, 4, norm="instance", act="relu", rngs=nnx.Rngs(params=_rbg(5)))
     block.instance_norm.scale[...] = jnp.array([1.0, 2.0, 0.5, 1.5])
     block.instance_norm.bias[...] = jnp.array([0.0, 0.1, -0.2, 0.3])
@@ -244,7 +245,7 @@ def test_instance_norm_matches_a_numpy_reference():
     var = y.var(axis=(1, 2), keepdims=True)
     scale = np.array([1.0, 2.0, 0.5, 1.5])
     bias = np.array([0.0, 0.1, -0.2, 0.3])
-    expected = np.maximum((y - mean) / np.sqrt(var + 1e-5) * scale + bias, 0.0)
+    expected = np.maximum((y - mean) / np.sqrt(var + layers.IN_EPSILON) * scale + bias, 0.0)
     for train in (True, False):
         np.testing.assert_allclose(np.asarray(block(x, train=train)), expected, atol=1e-5)
 
@@ -255,7 +256,8 @@ def test_leaky_relu_keeps_a_slope_below_zero():
     )
     x = jax.random.normal(jax.random.key(8), (1, 6, 6, 2))
     y = np.asarray(block.conv(x), np.float64)
-    z = (y - y.mean(axis=(1, 2), keepdims=True)) / np.sqrt(y.var(axis=(1, 2), keepdims=True) + 1e-5)
+    var = y.var(axis=(1, 2), keepdims=True)
+    z = (y - y.mean(axis=(1, 2), keepdims=True)) / np.sqrt(var + layers.IN_EPSILON)
     expected = np.where(z > 0, z, layers.LEAKY_SLOPE * z)
     np.testing.assert_allclose(np.asarray(block(x, train=True)), expected, atol=1e-5)
 
@@ -325,3 +327,32 @@ def test_deep_supervision_adds_heads_at_half_and_quarter_resolution():
     # Without it the same model returns logits in training too.
     plain = UNet2D(1, 1, features, rngs=nnx.Rngs(params=_rbg(14)))
     assert plain(x, train=True).shape == (2, 32, 32, 1)
+
+
+def test_instance_norm_and_leaky_relu_keep_gradients_finite_on_an_all_air_slice():
+    """A slice that is all air is a constant map at every layer, where InstanceNorm scales
+    gradients by 1 / sqrt(eps) per layer. With PyTorch's eps 1e-5 the gradient of the demo-sized
+    U-Net (features 8..128, LeakyReLU) overflowed float32 on such a slice, as it did in the
+    first step of the demo; at ``IN_EPSILON`` it stays finite."""
+    from lesionjax.losses import batch_dice_loss
+
+    model = UNet2D(
+        3,
+        1,
+        (8, 16, 32, 64, 128),
+        rngs=nnx.Rngs(params=_rbg(0)),
+        norm="instance",
+        activation="leaky_relu",
+    )
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    image = jnp.zeros((1, 64, 64, 3))
+    target = jnp.zeros((1, 64, 64, 1))
+
+    def loss(p):
+        m = nnx.merge(graphdef, p, rest, copy=True)
+        return batch_dice_loss(m(image, train=True), target)
+
+    # The global norm, as the trainer checks it and as Adam squares it: at eps 1e-5 elements near
+    # 1e20 make it inf; at 1e-3 it measured ~1e8 (large, but Adam's step is scale-free).
+    grads = jax.jit(jax.grad(loss))(params)
+    assert bool(jnp.isfinite(optax.tree.norm(grads)))

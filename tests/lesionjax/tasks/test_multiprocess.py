@@ -46,10 +46,11 @@ def _two_processes(cmd, child_env, tmp_path, timeout=600):
 def test_two_processes_train_like_one_process_with_one_writer(
     tiny_main_command, child_env, checkpoint_params, tmp_path
 ):
-    # lr 1e-3 (the tiny demo's 1e-2 is chaotic: reduction-order noise between one process and
-    # two, ~1e-7 at first, grows to ~1e-2 in the loss by step 36).
+    # lr 1e-3 and one epoch (18 steps): the tiny demo's 1e-2 is chaotic (reduction-order noise
+    # between one process and two, ~1e-7 at first, grows to ~1e-2 in the loss by step 36), and
+    # even at 1e-3 it grows from 6e-8 at step 11 to 5e-5 in the loss by step 30.
     overrides = (
-        "--config.train.epochs=2",
+        "--config.train.epochs=1",
         "--config.train.log_every=1",
         "--config.train.precise_bn_batches=2",
         "--config.optim.lr=1e-3",
@@ -83,9 +84,15 @@ def test_two_processes_train_like_one_process_with_one_writer(
     for a, b in zip(single_records, records, strict=True):
         key = "loss" if a["split"] == "train" else "dice"
         assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], a["split"])
+    # Parameters agree in norm to 0.5%. Not element by element: Adam's step is scale-free, so a
+    # parameter whose gradient is rounding noise (a lesion-free batch) still moves by ~lr, its sign
+    # set by the noise. Measured: 0.06% apart after these 18 steps (a max of 1.1e-3 in one
+    # element), while 18 more steps move the parameters by 3.4%, and a partial or wrong
+    # checkpoint would be tens of percent off.
     last = len(order)
-    for a, b in zip(checkpoint_params(single, last), checkpoint_params(workdir, last), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+    one_params = np.concatenate([np.ravel(x) for x in checkpoint_params(single, last)])
+    two_params = np.concatenate([np.ravel(x) for x in checkpoint_params(workdir, last)])
+    assert np.linalg.norm(two_params - one_params) <= 5e-3 * np.linalg.norm(one_params)
     one = json.loads((single / "eval" / "per_volume.json").read_text())
     two = json.loads((workdir / "eval" / "per_volume.json").read_text())
     assert [v["case_id"] for v in two] == [v["case_id"] for v in one]
