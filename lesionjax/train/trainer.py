@@ -351,11 +351,17 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             window, t_last, seen_last = [], now, done
         if end_of_epoch:
+            # Training reads batch statistics only: the running ones are read by validation and
+            # by what is saved, so precise BN runs just before those (measured: 0.35 s of a 1.9 s
+            # Lesjak epoch without validation). The training stream is not moved by it.
+            def with_precise_bn(s):
+                return precise_bn_statistics(
+                    batch_stats, s, next_images(tcfg.get("precise_bn_batches", 0))
+                )
+
             val = None
-            state = precise_bn_statistics(
-                batch_stats, state, next_images(tcfg.get("precise_bn_batches", 0))
-            )
             if split["val"]:
+                state = with_precise_bn(state)
                 val = validate(predictor, state, shards, split["val"], config.eval.threshold)
                 metrics_log.write(
                     {"step": done, "epoch": done / steps_per_epoch, "split": "val", **val}
@@ -375,6 +381,8 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
                 metric=metric,
                 best=best_saved,
             ):
+                if not split["val"]:
+                    state = with_precise_bn(state)
                 state_lib.save_state(manager, done, state, data_iter=data_iter, metrics=metrics)
                 last_save = now
                 if metric is not None and math.isfinite(metric):

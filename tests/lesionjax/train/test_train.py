@@ -239,3 +239,52 @@ def test_checkpoints_are_due_at_the_end_for_a_new_best_and_not_too_often():
     assert checkpoint_due(epoch=5, since_last=1.0, **{**base, "metric": 0.6, "best": 0.5})
     assert not checkpoint_due(epoch=5, since_last=1.0, **{**base, "metric": 0.4, "best": 0.5})
     assert not checkpoint_due(epoch=5, since_last=1.0, **{**base, "metric": float("nan")})
+
+
+@pytest.mark.slow
+def test_precise_bn_only_before_saves_gives_the_run_that_computes_it_every_epoch(
+    tiny_shards, tmp_path, monkeypatch
+):
+    """Without validation, precise BN runs only before a save. The result must be the run that
+    saves (and so computes precise BN) after every epoch: the same losses and the same final
+    parameters and running statistics."""
+    import jax
+
+    from lesionjax.train import trainer
+
+    calls = []
+    real = trainer.precise_bn_statistics
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "precise_bn_statistics", counted)
+    shards = ShardSet.load(tiny_shards)
+    split = sampling.split_case_ids(shards, 0, -1)
+    assert split["val"] == []
+    runs = {}
+    for name, every in (("every_epoch", 1), ("end_only", 1000)):
+        config = tiny_config(
+            tiny_shards,
+            **{
+                "train.epochs": 3,
+                "train.batch_size": 4,
+                "train.precise_bn_batches": 2,
+                "train.checkpoint_every_epochs": every,
+                "train.checkpoint_min_seconds": 0.0,
+            },
+        )
+        calls.clear()
+        result = trainer.train(config, tmp_path / name, shards, split)
+        losses = [r["loss"] for r in _read_jsonl(tmp_path / name / "metrics.jsonl")]
+        runs[name] = (
+            len(calls),
+            losses,
+            jax.tree.leaves((result.state.params, result.state.model_state)),
+        )
+    (calls_all, losses_all, leaves_all), (calls_end, losses_end, leaves_end) = runs.values()
+    assert (calls_all, calls_end) == (3, 1)  # after each of the 3 epochs against at the end
+    assert losses_end == pytest.approx(losses_all, abs=1e-6)
+    for a, b in zip(leaves_all, leaves_end, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
