@@ -100,7 +100,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # ... but not again within this many seconds (except at the end and for a new best
     # validation score): saves cost ~0.4 s each on a CPU, too much for epochs of seconds.
     c.train.checkpoint_min_seconds = 60.0
-    c.train.precise_bn_batches = 0  # > 0: BatchNorm statistics averaged over N batches per epoch
+    c.train.precise_bn_batches = 0  # > 0: BN statistics averaged over N batches before val/save
     c.train.log_data_order = False  # write data_order.jsonl (record indices of every batch)
 
     c.eval = ml_collections.ConfigDict()

@@ -96,8 +96,8 @@ class UNet2D(nnx.Module):
         logits = self.head(levels[-1])
         if not (train and len(self.aux_heads)):
             return logits
-        finer_first = levels[-2::-1]  # 1/2, 1/4, ... resolution
-        return logits, [head(y) for head, y in zip(self.aux_heads, finer_first, strict=False)]
+        finer_first = levels[-2::-1][: len(self.aux_heads)]  # 1/2, 1/4, ... resolution
+        return logits, [head(y) for head, y in zip(self.aux_heads, finer_first, strict=True)]
 
     def _down(self, x: jax.Array, level: int) -> jax.Array:
         """The input of encoder level ``level``: max-pooled below level 0 unless strided."""

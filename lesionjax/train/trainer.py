@@ -277,6 +277,17 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
         for _ in range(n):
             yield to_unit(None, device_batch(next(stats_iter)))["image"]
 
+    precise_bn_batches = tcfg.get("precise_bn_batches", 0)
+
+    def with_precise_bn(state):
+        """``state`` with precise BN statistics. Training reads batch statistics only: the
+        running ones are read by validation and by what is saved, so this runs just before those
+        (measured: 0.35 s of a 1.9 s Lesjak epoch without validation). The training stream is
+        not moved by it; without precise BN no iterator copy is made."""
+        if precise_bn_batches <= 0:
+            return state
+        return precise_bn_statistics(batch_stats, state, next_images(precise_bn_batches))
+
     predictor = VolumePredictor(
         run.predict_fn(), run.mesh, run.state_sharding, batch_size=config.eval.batch_size
     )
@@ -351,14 +362,6 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             window, t_last, seen_last = [], now, done
         if end_of_epoch:
-            # Training reads batch statistics only: the running ones are read by validation and
-            # by what is saved, so precise BN runs just before those (measured: 0.35 s of a 1.9 s
-            # Lesjak epoch without validation). The training stream is not moved by it.
-            def with_precise_bn(s):
-                return precise_bn_statistics(
-                    batch_stats, s, next_images(tcfg.get("precise_bn_batches", 0))
-                )
-
             val = None
             if split["val"]:
                 state = with_precise_bn(state)
