@@ -1,6 +1,11 @@
 """DICOM series -> volumes: one axial series into a RAS+ ``Volume`` (HU for CT). Synthetic series
 for testing it are written by ``data_prep.synthetic.dicom_writer``.
 
+One piece (~700 lines) on purpose: every convention below is a step of the same read (sort ->
+rescale -> padding -> de-tilt -> regular spacing -> RAS), each needing the geometry the step
+before derived from the headers; split apart, the steps would pass that geometry between modules
+and no part would be usable alone.
+
 Reading conventions (and why):
 
 - Slices are sorted by their position along the slice normal (ImagePositionPatient . (row x col)),
