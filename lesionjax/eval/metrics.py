@@ -39,6 +39,10 @@ only (`summarize(...)["lesion"]`), where no ground truth is empty.
 
 Volumes: with ``spacing`` (mm per array axis) a voxel is ``prod(spacing) / 1000`` mL.
 
+Lesion-level metrics (lesion-wise F1, detection rate, lesion counts and their difference, the
+absolute volume difference in mL) count connected components under the ISLES'22 / ATLAS R2.0
+matching rule: `lesionjax.eval.lesions`.
+
 Surface metrics with empty masks (`surface.surface_metrics`): both empty -> hd = hd95 = assd = 0
 and nsd = 1 (perfect, as Dice); one empty -> hd, hd95, assd = NaN (no distance exists;
 surface-distance gives inf, MONAI inf or NaN) and nsd = 0. `summarize` leaves NaNs out of the
@@ -53,11 +57,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lesionjax.eval.lesions import LESION_KEYS, lesion_metrics
 from lesionjax.eval.surface import SURFACE_KEYS, bounding_box, surface_metrics
 
 OVERLAP_KEYS = ("dice", "iou", "precision", "recall")
 SUMMARY_KEYS = (
-    OVERLAP_KEYS + tuple(f"{k}_eps1" for k in OVERLAP_KEYS) + SURFACE_KEYS + ("rvd", "auc")
+    OVERLAP_KEYS
+    + tuple(f"{k}_eps1" for k in OVERLAP_KEYS)
+    + SURFACE_KEYS
+    + ("rvd", "auc")
+    + LESION_KEYS
 )
 
 # Normalized surface Dice tolerance of the INSTANCE 2022 evaluation script
@@ -247,6 +256,7 @@ def volume_metrics(
     prob: np.ndarray | None = None,
     surface: bool = True,
     hd_percent: float = 95.0,
+    lesions: bool = True,
 ) -> dict[str, float | int]:
     """All per-volume metrics of one case.
 
@@ -259,6 +269,7 @@ def volume_metrics(
         from); adds ``auc`` (`roc_auc`).
       surface: with ``spacing``, compute the surface metrics (2D or 3D masks only).
       hd_percent: the percentile reported as ``hd95``.
+      lesions: compute the lesion-level metrics (`lesions.lesion_metrics`).
 
     Returns:
       ``dice, iou, precision, recall`` (eps = 0), ``dice_eps1, iou_eps1, precision_eps1,
@@ -267,7 +278,9 @@ def volume_metrics(
       (> 0: over-segmentation), NaN when the ground truth is empty (INSTANCE 2022 reports
       |rvd|), and the surface metrics ``hd, hd95, assd`` (mm) and ``nsd`` (see
       `surface.surface_metrics` for their definitions and the empty-mask convention); with
-      ``prob``, ``auc``.
+      ``prob``, ``auc``; with ``lesions``, ``lesion_f1, lesion_detection, gt_lesions,
+      pred_lesions, lesion_count_diff`` and, with ``spacing``, ``avd_ml`` (the ISLES'22 /
+      ATLAS R2.0 matching rule, see `lesionjax.eval.lesions`).
 
     Raises:
       ValueError: shapes differ, a mask is not binary, bad spacing, or surface metrics asked
@@ -310,6 +323,8 @@ def volume_metrics(
                     boxes=(box_pred, box_gt),
                 )
             )
+    if lesions:
+        result.update(lesion_metrics(pred, gt, spacing))
     if prob is not None:
         result["auc"] = roc_auc(prob, gt)
     return result

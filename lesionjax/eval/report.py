@@ -35,7 +35,17 @@ from lesionjax.eval.plotting import (
 CURVE_METRICS = ("loss", "dice", "iou", "precision", "recall", "auc", "lr")
 # Panels drawn even when the log lacks them ("not logged"), so a reader sees what was not tracked.
 REQUIRED_CURVES = ("loss", "dice", "auc", "precision", "recall", "lr")
-PER_VOLUME_COLUMNS = ("dice", "iou", "precision", "recall", "gt_ml", "pred_ml")
+PER_VOLUME_COLUMNS = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "lesion_f1",
+    "gt_lesions",
+    "pred_lesions",
+    "gt_ml",
+    "pred_ml",
+)
 SPLIT_COLOURS = {"train": "#0072b2", "val": "#d55e00", "test": "#009e73"}
 
 

@@ -20,9 +20,35 @@ from scipy import stats
 from lesionjax.eval.metrics import summarize
 
 # Per-volume keys that describe the case or the raw counts rather than score a method.
-NON_METRIC_KEYS = frozenset({"case_id", "fold", "gt_voxels", "pred_voxels", "gt_ml", "pred_ml"})
+NON_METRIC_KEYS = frozenset(
+    {
+        "case_id",
+        "fold",
+        "gt_voxels",
+        "pred_voxels",
+        "gt_ml",
+        "pred_ml",
+        "gt_lesions",
+        "pred_lesions",
+    }
+)
 # Display order of the known metrics; any other numeric key follows, alphabetically.
-METRIC_ORDER = ("dice", "iou", "precision", "recall", "hd", "hd95", "assd", "nsd", "rvd", "auc")
+METRIC_ORDER = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "hd",
+    "hd95",
+    "assd",
+    "nsd",
+    "rvd",
+    "auc",
+    "lesion_f1",
+    "lesion_detection",
+    "lesion_count_diff",
+    "avd_ml",
+)
 GROUPS = ("all", "lesion")
 
 

@@ -172,7 +172,8 @@ def test_write_report(tmp_path):
     text = report.read_text()
     assert text.startswith("# test run\n")
     assert "| metric | all volumes (n=3) | lesion volumes (n=3) |" in text
-    assert "| case | dice | iou | precision | recall | gt_ml | pred_ml |" in text
+    header = "| case | dice | iou | precision | recall | lesion_f1 | gt_lesions | pred_lesions |"
+    assert header + " gt_ml | pred_ml |" in text
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| case")]
     assert rows[1:] == ["case1", "case2", "case10"], "per-volume rows in natural case order"
     assert "](training_curves.png)" in text
