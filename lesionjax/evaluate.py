@@ -39,11 +39,11 @@ import numpy as np
 from lesionjax.cli import mark_absl_parsed, run_command
 from lesionjax.core.errors import UserError
 from lesionjax.core.windows import uint8_to_unit
+from lesionjax.eval.runs import RunError, check_run, load_config, load_model
 from lesionjax.train.state import CheckpointError
 
-
-class EvaluationError(UserError):
-    """A run folder or a comparison cannot be evaluated; the message names the file and why."""
+# A run folder or a comparison cannot be evaluated; the message names the file and why.
+EvaluationError = RunError
 
 
 @dataclasses.dataclass
@@ -63,69 +63,24 @@ class Run:
 # ------------------------------------------------------------------------------ runs
 
 
-def load_config(workdir: Path):
-    """The run's saved config (``workdir/config.json``, written by the main job)."""
-    import ml_collections
-
-    workdir = Path(workdir)
-    if not workdir.is_dir():
-        raise EvaluationError(f"{workdir}: no such run folder")
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise EvaluationError(
-            f"{path}: not found; {workdir} is not a lesionjax run folder (train one with "
-            "python -m lesionjax.main --config ... --workdir DIR)"
-        )
-    try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EvaluationError(f"{path}: not a JSON config ({err})") from None
-    for key in ("task", "model", "data", "eval", "optim"):
-        if key not in config:
-            raise EvaluationError(f"{path}: no {key!r} section; not a lesionjax run config")
-    return config
-
-
 def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     """Restores a run: config, shards, model state at ``step`` (default: the best checkpoint by
     validation Dice, or the latest when none has a validation score) and a predictor."""
     from lesionjax.data.shards import ShardSet
-    from lesionjax.eval.inference import VolumePredictor
     from lesionjax.tasks.data import shards_dir
-    from lesionjax.train import state as state_lib
 
-    workdir = Path(workdir)
-    config = load_config(workdir)
-    if config.task != "segment2d":
-        raise EvaluationError(f"{workdir / 'config.json'}: task {config.task!r} has no evaluation")
-    if not state_lib.saved_steps(workdir):
-        raise EvaluationError(
-            f"{state_lib.checkpoint_dir(workdir)}: no checkpoint; train the run first (python -m "
-            f"lesionjax.main --config ... --workdir {workdir})"
-        )
-    shards = ShardSet.load(shards_dir(config, workdir))
-    run_state = state_lib.build_run_state(config, shards.n_channels)
-    manager = state_lib.open_checkpoints(workdir, read_only=True)
-    try:
-        step, best_val = state_lib.pick_step(manager, step)
-        state = state_lib.restore_state(manager, step, run_state)
-    finally:
-        manager.close()
-    predictor = VolumePredictor(
-        run_state.predict_fn(),
-        run_state.mesh,
-        run_state.state_sharding,
-        batch_size=config.eval.batch_size,
-    )
+    config = check_run(Path(workdir))  # config and checkpoints before the shards
+    shards = ShardSet.load(shards_dir(config, Path(workdir)))
+    model = load_model(workdir, step=step, channels=shards.n_channels)
     return Run(
-        workdir=workdir,
-        config=config,
+        workdir=model.workdir,
+        config=model.config,
         shards=shards,
-        state=state,
-        step=step,
-        best_val_dice=best_val,
-        run_state=run_state,
-        predictor=predictor,
+        state=model.state,
+        step=model.step,
+        best_val_dice=model.best_val_dice,
+        run_state=model.run_state,
+        predictor=model.predictor,
     )
 
 

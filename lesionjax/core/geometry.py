@@ -126,9 +126,14 @@ class GridChain:
             full = np.full(self.resampled_shape, fill, dtype=x.dtype)
             full[:, :, list(self.kept_slices)] = x
             x = full
-        x = zoom_to_shape(x, self.ras_shape, order=order)
-        to_native = _ras_to_native(self.native_affine)
-        return reorient(x, to_native)
+        return self.ras_to_native(zoom_to_shape(x, self.ras_shape, order=order))
+
+    def ras_to_native(self, volume: np.ndarray) -> np.ndarray:
+        """A volume on the RAS+ grid (``ras_shape``) -> the same voxels in the native order."""
+        volume = np.asarray(volume)
+        if tuple(volume.shape[:3]) != tuple(self.ras_shape):
+            raise ValueError(f"volume shape {volume.shape} != RAS shape {self.ras_shape}")
+        return reorient(volume, _ras_to_native(self.native_affine))
 
     def to_dict(self) -> dict:
         return {

@@ -135,6 +135,63 @@ def plot_model_overlays(
         return save_figure(fig, path)
 
 
+def overlay_slices(mask: np.ndarray, n: int = 4) -> list[int]:
+    """Up to ``n`` axial slices of a (X, Y, Z) prediction to show: the slice where the largest
+    lesion is largest first, then the slices holding the most predicted voxels; evenly spaced
+    slices when nothing is predicted."""
+    from lesionjax.eval.lesions import label_lesions
+
+    mask = np.asarray(mask, bool)
+    z = mask.shape[2]
+    labels, n_lesions = label_lesions(mask)
+    if n_lesions == 0:
+        return sorted({int(round(v)) for v in np.linspace(0, z - 1, min(n, z) + 2)[1:-1]})
+    largest = int(np.argmax(np.bincount(labels.ravel(), minlength=n_lesions + 1)[1:])) + 1
+    first = int(np.argmax((labels == largest).sum(axis=(0, 1))))
+    per_slice = mask.sum(axis=(0, 1))
+    order = [int(k) for k in np.argsort(-per_slice, kind="stable") if per_slice[k] > 0]
+    return [first] + [k for k in order if k != first][: n - 1]
+
+
+def plot_prediction_overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    n_slices: int = 4,
+) -> Path:
+    """A few axial slices of a prediction: the image with the predicted outline.
+
+    Args:
+      image: (X, Y, Z) in [0, 1] (RAS voxel order). mask: (X, Y, Z) bool, same shape.
+      path: the PNG to write (atomically). title: the figure's title (e.g. the case).
+      n_slices: how many slices (`overlay_slices` picks them, the largest lesion's first).
+    """
+    image = np.asarray(image, np.float64)
+    mask = np.asarray(mask, bool)
+    if image.shape != mask.shape or image.ndim != 3:
+        raise ValueError(f"image {image.shape} and mask {mask.shape}: expected one (X, Y, Z)")
+    slices = overlay_slices(mask, n_slices)
+    colour = PRED_COLOURS[0]
+
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        fig = new_figure((2.8 * len(slices), 3.2))
+        axes = fig.subplots(1, len(slices), squeeze=False)[0]
+        for ax, k in zip(axes, slices, strict=True):
+            shown = to_display(mask[:, :, k])
+            ax.imshow(to_display(image[:, :, k]), cmap="gray", vmin=0.0, vmax=1.0)
+            draw_contour(ax, shown, colour)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"slice {k}: {int(mask[:, :, k].sum())} px", fontsize=10)
+        if title:
+            fig.suptitle(title)
+        return save_figure(fig, path)
+
+
 # ------------------------------------------------------------------------------ box plots
 
 

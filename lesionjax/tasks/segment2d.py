@@ -10,6 +10,7 @@ import jax
 from lesionjax.core.errors import ConfigError, UserError
 from lesionjax.data import sampling
 from lesionjax.data.shards import ShardSet
+from lesionjax.eval.runs import write_preprocessing
 from lesionjax.tasks.data import prepare_shards
 
 
@@ -56,6 +57,8 @@ def run_segmentation(config, workdir: Path) -> dict:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
     shards = prepare_shards(config, workdir, progress=progress)
+    if is_main:  # what lesionjax.predict feeds the model with, from the run folder alone
+        write_preprocessing(workdir, shards.plan, shards.n_channels)
     t_data = time.perf_counter() - t0
 
     split = sampling.split_case_ids(shards, config.data.test_fold, config.data.val_fold)

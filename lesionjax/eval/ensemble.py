@@ -1,0 +1,35 @@
+"""Probabilities of an ensemble of trained models on one prepared volume, with optional
+mirroring test-time augmentation (TTA).
+
+Every member predicts the volume's slices (``inference.VolumePredictor``, batched over the
+device mesh); with TTA it also predicts the left-right mirrored volume (the only flip the 2D
+training augmentation applies, ``augment.flip_prob``: axis 0 of the RAS+ shard grid) and the
+mirrored prediction is flipped back. The result is the plain mean over members and mirrors, as
+nnU-Net averages its folds and mirrors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def ensemble_probabilities(members: Sequence, channels: np.ndarray, *, tta: bool = False):
+    """Mean probabilities (X, Y, Z) float32 of ``members`` on ``channels`` (X, Y, Z, C) uint8.
+
+    members: objects with ``predictor`` and ``state`` (``runs.Model``, ``evaluate.Run``).
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one model")
+    channels = np.asarray(channels)
+    mirrored = np.ascontiguousarray(channels[::-1]) if tta else None
+    total = np.zeros(channels.shape[:3], np.float64)
+    n = 0
+    for member in members:
+        total += member.predictor.predict_volume(member.state, channels)
+        n += 1
+        if tta:
+            total += member.predictor.predict_volume(member.state, mirrored)[::-1]
+            n += 1
+    return (total / n).astype(np.float32)

@@ -1,0 +1,503 @@
+"""Apply trained runs to new scans: masks on the scans' own grids, lesion volumes, overlays.
+
+    python -m lesionjax.predict --model RUN [RUN ...] --input PATH --output DIR
+        [--tta] [--threshold T] [--save-probabilities] [--cavity-mask] [--dataset NAME]
+
+PATH is a NIfTI file, a DICOM series folder, or a folder holding several of them (searched
+recursively: every ``.nii`` / ``.nii.gz`` file and every DICOM series is a scan), or, with
+``--dataset NAME``, a dataset in any layout ``data_prep.build_shards`` reads. For each scan:
+
+1. the run's own preprocessing (``data_prep.preprocess.preprocess_case`` with the plan recorded
+   in the run folder's ``preprocessing.json``): the same function the shard writer used;
+2. prediction of every slice on every device, in batches; with several runs (the folds of a
+   cross-validation) their probabilities are averaged, and ``--tta`` adds each run's prediction
+   of the left-right mirrored scan (``lesionjax.eval.ensemble``);
+3. the probabilities mapped back to the scan's native grid (``GridChain.to_native``: in-plane
+   resize, slice selection, resampling and reorientation inverted; dropped slices are 0), then
+   thresholded (default: the first run's ``eval.threshold``);
+4. ``--cavity-mask``: voxels outside the scan's own intracranial cavity mask set to 0 (datasets
+   that ship one, read with ``--dataset``);
+5. written into DIR: ``<case>_mask.nii.gz`` (uint8 0/1) on the input's grid, with its affine,
+   shape and header (a DICOM series: the de-tilted RAS+ volume's grid that
+   ``data_prep.dicom`` reads it into); ``--save-probabilities``: ``<case>_prob.nii.gz``, uint8
+   0..255 with the NIfTI scale slope 1/255, so ``nibabel``'s ``get_fdata()`` gives the
+   probability (to 1/510); ``<case>_overlay.png``: a few slices of the model's input with the
+   predicted outline, the largest lesion's slice first;
+6. one row of ``predictions.csv`` / ``predictions.json``: the case, its input, the total lesion
+   volume (mL), the number of connected lesions (26-connected) and the volume of each (largest
+   first), the voxel volume, the threshold, the runs and whether TTA was used.
+
+A scan that cannot be read is reported on one line (``error: <file>: <problem>``) and skipped;
+the exit status is 1 when any scan failed. Only the run folders are needed (no config file, no
+shards, no training code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lesionjax.cli import mark_absl_parsed, print_error, run_command
+from lesionjax.core.errors import UserError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+CSV_COLUMNS = (
+    "case",
+    "input",
+    "lesion_ml",
+    "n_lesions",
+    "lesion_volumes_ml",
+    "voxel_ml",
+    "threshold",
+    "tta",
+    "cavity_mask",
+    "models",
+    "mask",
+)
+
+
+class PredictError(UserError):
+    """The models or the input cannot be used; the message names the file and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """One input scan: its case name, what the user gave, and the files preprocessing reads."""
+
+    case_id: str
+    source: Path
+    files: object  # data_prep.layouts.base.CaseFiles
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _strip_nifti(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _case_files(case_id: str, image: Path, modality: str, image_files=None):
+    from data_prep.layouts.base import CaseFiles
+
+    return CaseFiles(
+        case_id=case_id,
+        image=image,
+        mask=None,
+        image_files=image_files,
+        modality=modality,
+        labelled=False,
+    )
+
+
+def find_scans(
+    path: Path, modality: str, *, exclude: Path | None = None
+) -> tuple[list[Scan], list[str]]:
+    """The scans under ``path`` (a NIfTI file, a DICOM series folder, or a folder of them) and
+    the problems found (one line each). Hidden files and ``exclude`` (the output folder) are
+    skipped; a folder holding several DICOM series gives one scan per series."""
+    from data_prep.dicom import list_series
+    from data_prep.volumes import CaseError
+
+    path = Path(path)
+    if not path.exists():
+        raise PredictError(f"{path}: no such file or folder")
+    if path.is_file():
+        if not _is_nifti(path):
+            # One DICOM file stands for its series (read_dicom_series: its own folder).
+            try:
+                series = list_series(path.parent, recursive=False)
+            except CaseError as err:
+                raise PredictError(f"{path}: not a NIfTI file or a DICOM series ({err})") from None
+            for files in series.values():
+                if path in files:
+                    return [
+                        Scan(
+                            path.parent.name,
+                            path,
+                            _case_files(path.parent.name, path.parent, modality, tuple(files)),
+                        )
+                    ], []
+            raise PredictError(f"{path}: not a NIfTI file or a DICOM image")
+        case = _strip_nifti(path.name)
+        return [Scan(case, path, _case_files(case, path, modality))], []
+
+    scans: list[Scan] = []
+    problems: list[str] = []
+    exclude = exclude.resolve() if exclude is not None else None
+    folders = [path] + sorted(p for p in path.rglob("*") if p.is_dir())
+    for folder in folders:
+        rel = folder.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if exclude is not None and (
+            folder.resolve() == exclude or exclude in folder.resolve().parents
+        ):
+            continue
+        prefix = "_".join(rel.parts)
+        for f in sorted(p for p in folder.iterdir() if _is_nifti(p) and not p.name.startswith(".")):
+            case = "_".join([*rel.parts, _strip_nifti(f.name)])
+            scans.append(Scan(case, f, _case_files(case, f, modality)))
+        has_files = any(
+            p.is_file() and not p.name.startswith(".") and not _is_nifti(p)
+            for p in folder.iterdir()
+        )
+        if not has_files:
+            continue
+        try:
+            series = list_series(folder, recursive=False)
+        except CaseError as err:
+            if "no DICOM image files found" not in str(err):
+                problems.append(str(err))
+            continue
+        name = prefix or path.name
+        for k, (_, files) in enumerate(sorted(series.items(), key=lambda kv: str(kv[1][0]))):
+            case = name if len(series) == 1 else f"{name}_{k}"
+            scans.append(Scan(case, folder, _case_files(case, folder, modality, tuple(files))))
+    seen: dict[str, int] = {}
+    unique = []
+    for scan in scans:  # a.nii and a.nii.gz side by side: both kept, under distinct names
+        n = seen.get(scan.case_id, 0)
+        seen[scan.case_id] = n + 1
+        if n:
+            case = f"{scan.case_id}_{n}"
+            scan = Scan(case, scan.source, dataclasses.replace(scan.files, case_id=case))
+        unique.append(scan)
+    return unique, problems
+
+
+def dataset_scans(name: str, path: Path) -> tuple[list[Scan], list[str]]:
+    """The cases of a dataset in a supported layout (``data_prep.layouts``), unlabelled."""
+    from data_prep.layouts import read_layout
+
+    try:
+        cases, problems = read_layout(name, Path(path))
+    except (ValueError, OSError) as err:
+        raise PredictError(f"{path}: {err}") from None
+    scans = [
+        Scan(c.case_id, Path(c.image), dataclasses.replace(c, labelled=False, mask=None))
+        for c in cases
+    ]
+    return scans, [f"{p.get('file', p.get('case_id'))}: {p['error']}" for p in problems]
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def load_models(run_dirs: Sequence[str], *, step: int | None = None) -> list:
+    """Restores every run; they must share their input channels (one preprocessing each is
+    allowed: a scan is prepared once per distinct plan)."""
+    from lesionjax.eval.runs import load_model
+
+    models = [load_model(d, step=step) for d in run_dirs]
+    modalities = {m.plan.get("modality") for m in models}
+    if len(modalities) > 1:
+        raise PredictError(
+            f"--model: the runs were trained on different modalities ({sorted(modalities)}); "
+            "an ensemble needs one"
+        )
+    return models
+
+
+def _plan_key(plan: dict) -> str:
+    return json.dumps({k: v for k, v in plan.items() if k != "dataset"}, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------ one scan
+
+
+def _native_header(scan: Scan, grid):
+    """The header to write a mask with: the input NIfTI's own (its grid), or a fresh one."""
+    import nibabel as nib
+
+    if _is_nifti(Path(scan.files.image)):
+        img = nib.load(str(scan.files.image))
+        if tuple(img.shape[:3]) == tuple(grid.native_shape):
+            header = img.header.copy()
+            return img.affine, header
+    return np.asarray(grid.native_affine, float), None
+
+
+def _save_nifti(path: Path, data: np.ndarray, affine, header, *, slope: float = 1.0) -> None:
+    import nibabel as nib
+
+    from lesionjax.core.atomic import atomic_path
+
+    img = nib.Nifti1Image(data, affine, header=header)
+    img.set_data_dtype(data.dtype)
+    img.header.set_slope_inter(slope, 0.0)
+    if header is None:
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def _cavity(scan: Scan, grid) -> np.ndarray:
+    from data_prep.volumes import CaseError, load_nifti_ras
+
+    icm = scan.files.icm
+    vol = load_nifti_ras(Path(icm))
+    if tuple(vol.data.shape) != tuple(grid.ras_shape):
+        raise CaseError(
+            f"{icm}: cavity mask shape {vol.data.shape} != image shape {grid.ras_shape}"
+        )
+    return grid.ras_to_native(vol.data > 0)
+
+
+def predict_scan(
+    scan: Scan,
+    groups: list[tuple[object, list]],
+    out_dir: Path,
+    *,
+    threshold: float,
+    tta: bool,
+    save_probabilities: bool,
+    cavity_mask: bool,
+    overlay: bool = True,
+) -> dict:
+    """Predicts one scan with every model group (plan, members) and writes its outputs."""
+    from data_prep.preprocess import preprocess_case
+    from lesionjax.core.geometry import spacing_of
+    from lesionjax.core.windows import uint8_to_unit
+    from lesionjax.eval.ensemble import ensemble_probabilities
+    from lesionjax.eval.figures import plot_prediction_overlay
+    from lesionjax.eval.lesions import lesion_volumes
+
+    total, weight, first = None, 0, None
+    for plan, members in groups:
+        prepared = preprocess_case(scan.files, plan)
+        probs = ensemble_probabilities(members, prepared.channels, tta=tta)
+        native = prepared.grid.to_native(probs, order=1, fill=0.0).astype(np.float64)
+        total = native * len(members) if total is None else total + native * len(members)
+        weight += len(members)
+        if first is None:
+            first = (prepared, probs)
+    prob = np.clip(total / weight, 0.0, 1.0)
+    prepared, shard_probs = first
+    grid = prepared.grid
+    used_cavity = False
+    if cavity_mask and scan.files.icm is not None:
+        prob = np.where(_cavity(scan, grid), prob, 0.0)
+        used_cavity = True
+    mask = (prob >= threshold).astype(np.uint8)
+
+    affine, header = _native_header(scan, grid)
+    spacing = spacing_of(affine)
+    mask_path = out_dir / f"{scan.case_id}_mask.nii.gz"
+    _save_nifti(mask_path, mask, affine, header)
+    if save_probabilities:
+        scaled = np.rint(prob * 255.0).astype(np.uint8)
+        _save_nifti(out_dir / f"{scan.case_id}_prob.nii.gz", scaled, affine, header, slope=1 / 255)
+    if overlay:
+        shard_mask = shard_probs >= threshold
+        if used_cavity and prepared.icm is not None:
+            shard_mask &= prepared.icm > 0
+        plot_prediction_overlay(
+            uint8_to_unit(prepared.channels[..., 0]),
+            shard_mask,
+            out_dir / f"{scan.case_id}_overlay.png",
+            title=f"{scan.case_id} (model input grid)",
+        )
+    volumes = lesion_volumes(mask.astype(bool), spacing)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {
+        "case": scan.case_id,
+        "input": str(scan.source),
+        "lesion_ml": float(mask.sum()) * voxel_ml,
+        "n_lesions": len(volumes),
+        "lesion_volumes_ml": volumes,
+        "voxel_ml": voxel_ml,
+        "threshold": threshold,
+        "tta": tta,
+        "cavity_mask": used_cavity,
+        "mask": mask_path.name,
+        "shape": [int(n) for n in mask.shape],
+    }
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def predict(
+    run_dirs: Sequence[str],
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    tta: bool = False,
+    threshold: float | None = None,
+    save_probabilities: bool = False,
+    cavity_mask: bool = False,
+    step: int | None = None,
+    progress: bool = True,
+    overlay: bool = True,
+) -> tuple[list[dict], list[str]]:
+    """Predicts every scan of ``input_path``; returns (rows, failures) and writes
+    ``predictions.csv`` / ``predictions.json`` into ``out_dir``."""
+    from tqdm import tqdm
+
+    from data_prep.plan import PreprocessingPlan
+    from data_prep.volumes import CaseError
+    from lesionjax.core.atomic import atomic_write_csv, atomic_write_json
+
+    out_dir = Path(out_dir)
+    models = load_models(run_dirs, step=step)
+    modality = models[0].plan.get("modality", "CT")
+    by_plan: dict[str, tuple[object, list]] = {}
+    for m in models:
+        try:
+            plan = PreprocessingPlan.from_dict(m.plan)
+        except (UserError, TypeError, KeyError) as err:
+            raise PredictError(f"{m.workdir / 'preprocessing.json'}: {err}") from None
+        n_images = m.channels // max(1, len(plan.windows))
+        if n_images > 1 and dataset is None:
+            raise PredictError(
+                f"{m.workdir}: the model reads {n_images} co-registered images per scan; give "
+                "the scans as a dataset (--dataset NAME) so each case's images are found"
+            )
+        by_plan.setdefault(_plan_key(m.plan), (plan, []))[1].append(m)
+    groups = list(by_plan.values())
+    if threshold is None:
+        threshold = float(models[0].config.eval.threshold)
+    if dataset:
+        scans, problems = dataset_scans(dataset, Path(input_path))
+    else:
+        scans, problems = find_scans(Path(input_path), modality, exclude=out_dir)
+    failures = list(problems)
+    for line in problems:
+        print_error(line)
+    if not scans:
+        raise PredictError(f"{input_path}: no scans found (NIfTI files or DICOM series)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    members = [str(m.workdir) for m in models]
+    for scan in tqdm(scans, desc="predict", unit="scan", disable=not progress):
+        try:
+            row = predict_scan(
+                scan,
+                groups,
+                out_dir,
+                threshold=threshold,
+                tta=tta,
+                save_probabilities=save_probabilities,
+                cavity_mask=cavity_mask,
+                overlay=overlay,
+            )
+        except (CaseError, UserError, ValueError, OSError) as err:
+            message = str(err)
+            if str(scan.source) not in message:
+                message = f"{scan.source}: {message}"
+            print_error(message)
+            failures.append(message)
+            continue
+        row["models"] = members
+        rows.append(row)
+
+    def cell(row: dict, key: str):
+        if key == "lesion_volumes_ml":
+            return ";".join(f"{v:.4f}" for v in row[key])
+        if key == "models":
+            return ";".join(row[key])
+        return f"{row[key]:.4f}" if key in ("lesion_ml", "voxel_ml") else row[key]
+
+    atomic_write_csv(
+        out_dir / "predictions.csv", CSV_COLUMNS, [[cell(r, k) for k in CSV_COLUMNS] for r in rows]
+    )
+    atomic_write_json(
+        out_dir / "predictions.json",
+        {
+            "models": [
+                {"run": str(m.workdir), "step": m.step, "best_val_dice": m.best_val_dice}
+                for m in models
+            ],
+            "tta": tta,
+            "threshold": threshold,
+            "cases": rows,
+            "failed": failures,
+        },
+    )
+    return rows, failures
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lesionjax-predict", description=__doc__.split("\n")[0].rstrip(".")
+    )
+    p.add_argument("--model", nargs="+", required=True, metavar="RUN", help="trained run folders")
+    p.add_argument("--input", required=True, help="NIfTI file, DICOM series folder, or a folder")
+    p.add_argument("--output", required=True, help="folder for masks, overlays and the tables")
+    p.add_argument("--dataset", default=None, help="read --input as a dataset in this layout")
+    p.add_argument("--tta", action="store_true", help="average with left-right mirrored input")
+    p.add_argument("--threshold", type=float, default=None, help="default: the run's")
+    p.add_argument("--save-probabilities", action="store_true", help="also <case>_prob.nii.gz")
+    p.add_argument("--cavity-mask", action="store_true", help="zero outside the cavity mask")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def _format_table(rows: Sequence[dict]) -> str:
+    lines = ["| case | lesion mL | lesions | largest mL |", "|---|---:|---:|---:|"]
+    for r in rows:
+        largest = r["lesion_volumes_ml"][0] if r["lesion_volumes_ml"] else math.nan
+        shown = "–" if math.isnan(largest) else f"{largest:.2f}"
+        lines.append(f"| {r['case']} | {r['lesion_ml']:.2f} | {r['n_lesions']} | {shown} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lesionjax.predict`` and the ``lesionjax-predict`` entry point."""
+    args = _parser().parse_args(argv)
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        _parser().error("--threshold must be in (0, 1)")
+    mark_absl_parsed()
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+
+    def body() -> int:
+        rows, failures = predict(
+            args.model,
+            args.input,
+            args.output,
+            dataset=args.dataset,
+            tta=args.tta,
+            threshold=args.threshold,
+            save_probabilities=args.save_probabilities,
+            cavity_mask=args.cavity_mask,
+            step=args.step,
+            progress=not args.no_progress,
+            overlay=not args.no_overlays,
+        )
+        print(_format_table(rows))
+        print(f"predictions: {Path(args.output) / 'predictions.csv'}")
+        if failures:
+            print(f"{len(failures)} scan(s) failed (see the error lines above)", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_command(body)
+
+
+def cli() -> None:
+    """The console-script entry point (see pyproject.toml)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
