@@ -256,3 +256,22 @@ def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume
         source_axcodes=tuple(image.source_axcodes),
         labelled=bool(files.labelled),
     )
+
+
+def native_mask(files: CaseFiles, grid: GridChain) -> np.ndarray:
+    """The case's lesion mask on its native grid (the image file's voxels as stored; a DICOM
+    series: its de-tilted volume's), binarized as `preprocess_case` binarizes it: the ground
+    truth a prediction mapped back with ``grid.to_native`` is scored against."""
+    if files.mask is None:
+        raise CaseError(f"{files.image}: no mask found for case {files.case_id}")
+    mask = load_nifti_ras(files.mask)
+    # binarize_mask checks the mask against its image's grid: the RAS grid the chain recorded.
+    image = Volume(
+        data=np.broadcast_to(np.zeros((), np.float32), grid.ras_shape),
+        affine=np.asarray(grid.ras_affine, float),
+        spacing=tuple(float(v) for v in np.linalg.norm(grid.ras_affine[:3, :3], axis=0)),
+        source_axcodes=("R", "A", "S"),
+        path=Path(files.image),
+    )
+    binary = binarize_mask(mask, image, nonzero=files.mask_nonzero, labels=files.mask_labels)
+    return grid.ras_to_native(binary)

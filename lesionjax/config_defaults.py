@@ -111,4 +111,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # Tolerance (mm) of the normalized surface Dice: INSTANCE 2022's evaluation uses 0.42 mm;
     # a config for other data sets its own (the demo: one 1.8 mm voxel).
     c.eval.nsd_tolerance_mm = 0.42
+    # The final evaluation maps each prediction back to the scan's native grid and scores it
+    # against the original mask file (physical units there); False: on the shard grid.
+    c.eval.native = True
     return c

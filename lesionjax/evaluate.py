@@ -1,12 +1,16 @@
 """Re-evaluate a trained run, or compare several runs.
 
     python -m lesionjax.evaluate --workdir DIR [--split test] [--step N] [--threshold T]
+        [--native | --shard-grid]
     python -m lesionjax.evaluate --compare DIR1 DIR2 ... --out OUTDIR [--names a,b] [--metric dice]
 
 ``--workdir`` restores a run from its checkpoint (the best one by validation Dice, or ``--step``),
 predicts the split's volumes again and rewrites ``DIR/eval/`` (``eval_<split>/`` for a split other
 than the config's): summary.json, per_volume.{json,csv}, report.md with training curves,
-overlays, Dice box plots by ICH subtype and a t-SNE of bottleneck features.
+overlays, Dice box plots by ICH subtype and a t-SNE of bottleneck features. ``--native`` maps
+each prediction back to its scan's native grid and scores it there against the original mask
+file (the main job's final evaluation does so by default, ``eval.native``); ``--shard-grid``
+scores on the training grid. summary.json's ``grid`` and the report's title say which.
 
 ``--compare`` reads each run's ``eval/per_volume.json`` (a run folder or its eval folder) and
 writes into OUTDIR the mean ± std tables (markdown + CSV), Welch t-tests (markdown + CSV), box
@@ -97,8 +101,13 @@ def reevaluate(
     threshold: float | None = None,
     tsne_slices: int = 400,
     progress: bool = True,
+    native: bool | None = None,
 ) -> dict:
     """Re-evaluates a trained run from its checkpoint and rewrites its eval folder and report.
+
+    ``native``: score on the scans' native grids against the original mask files (True), or on
+    the shard grid (False); None: as the run's config says (``eval.native``; runs older than
+    that setting: the shard grid).
 
     Returns the summary written to ``<eval folder>/summary.json`` (with "report" added).
     """
@@ -137,6 +146,9 @@ def reevaluate(
     # Runs trained before the tolerance was a config value used INSTANCE 2022's.
     nsd_tolerance = config.eval.get("nsd_tolerance_mm", NSD_TOLERANCE_MM)
 
+    from lesionjax.tasks.native import native_truth
+
+    native = config.eval.get("native", False) if native is None else bool(native)
     per_volume, overlays = evaluate_cases(
         run.predictor,
         run.state,
@@ -147,6 +159,7 @@ def reevaluate(
         progress=progress,
         auc=True,
         nsd_tolerance_mm=nsd_tolerance,
+        native_truth=native_truth(config, run.workdir) if native else None,
     )
     features = None
     if tsne_slices > 0:
@@ -432,6 +445,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-overlays", type=int, default=4, help="--compare: overlay rows (0: no overlays)"
     )
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument(
+        "--native",
+        dest="native",
+        action="store_true",
+        default=None,
+        help="score on the scans' native grids against the original masks (default: config)",
+    )
+    grid.add_argument(
+        "--shard-grid", dest="native", action="store_false", help="score on the shard grid"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -461,9 +485,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threshold=args.threshold,
                 tsne_slices=args.tsne_slices,
                 progress=not args.no_progress,
+                native=args.native,
             )
             if jax.process_index() == 0:
-                keys = ("split", "checkpoint_step", "mean_dice", "mean_dice_all", "n_volumes")
+                keys = (
+                    "split",
+                    "grid",
+                    "checkpoint_step",
+                    "mean_dice",
+                    "mean_dice_all",
+                    "n_volumes",
+                )
                 print(json.dumps({k: summary.get(k) for k in keys}))
                 print(f"report: {summary['report']}")
         else:

@@ -11,18 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from lesionjax.core.atomic import atomic_write_text
+from lesionjax.core.geometry import GridChain, spacing_of
 from lesionjax.core.labels import SLICE_LABELS, SUBTYPES
 from lesionjax.core.windows import uint8_to_unit
 from lesionjax.data.shards import ShardSet, ShardSetError
 from lesionjax.eval.inference import VolumePredictor
-from lesionjax.eval.metrics import NSD_TOLERANCE_MM, summarize, volume_metrics
+from lesionjax.eval.metrics import NSD_TOLERANCE_MM, overlap_metrics, summarize, volume_metrics
 from lesionjax.eval.report import read_metrics_log, write_report
 
 
@@ -81,12 +82,20 @@ def evaluate_cases(
     auc: bool = False,
     surface: bool = True,
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+    native_truth: Callable[[str, GridChain], np.ndarray] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Per-volume metrics (at shard resolution, spacing in mm from the manifest) and overlay
-    examples: the lesion volumes with the largest lesions and the lesion-free volume with the
-    most false-positive voxels (if any). ``auc``: also the voxel ROC AUC of the probabilities;
-    ``surface=False`` skips the surface distances (validation during training);
-    ``nsd_tolerance_mm``: the normalized surface Dice's tolerance (``eval.nsd_tolerance_mm``)."""
+    """Per-volume metrics and overlay examples: the lesion volumes with the largest lesions and
+    the lesion-free volume with the most false-positive voxels (if any). ``auc``: also the voxel
+    ROC AUC of the probabilities; ``surface=False`` skips the surface distances (validation
+    during training); ``nsd_tolerance_mm``: the normalized surface Dice's tolerance
+    (``eval.nsd_tolerance_mm``).
+
+    Grid: without ``native_truth`` the metrics are computed on the shard grid (spacing from the
+    manifest), against the shard's mask. With ``native_truth(case_id, grid) -> mask`` (the
+    original mask on the scan's native grid) the probabilities are mapped back to that grid
+    (``GridChain.to_native``, linear) and thresholded there, and every metric is in the native
+    grid's physical units; ``dice_shard`` keeps the shard-grid Dice for reference. Each volume's
+    dict names its ``grid``."""
     from tqdm import tqdm
 
     source = shards.source()
@@ -98,17 +107,39 @@ def evaluate_cases(
         pred = probs >= threshold
         gt = vol["mask"] > 0
         entry = shards.volume(case_id)
-        metrics = volume_metrics(
-            pred,
-            gt,
-            spacing=entry["shard_spacing"],
-            prob=probs if auc else None,
-            surface=surface,
-            nsd_tolerance_mm=nsd_tolerance_mm,
-        )
+        if native_truth is None:
+            grid_name = "shard"
+            metrics = volume_metrics(
+                pred,
+                gt,
+                spacing=entry["shard_spacing"],
+                prob=probs if auc else None,
+                surface=surface,
+                nsd_tolerance_mm=nsd_tolerance_mm,
+            )
+        else:
+            grid_name = "native"
+            grid = GridChain.from_dict(entry["grid"])
+            gt_native = native_truth(case_id, grid) > 0
+            probs_native = grid.to_native(probs, order=1, fill=0.0)
+            metrics = volume_metrics(
+                probs_native >= threshold,
+                gt_native,
+                spacing=spacing_of(grid.native_affine),
+                prob=probs_native if auc else None,
+                surface=surface,
+                nsd_tolerance_mm=nsd_tolerance_mm,
+            )
+            metrics["dice_shard"] = overlap_metrics(pred, gt)["dice"]
         subtypes = ";".join(case_subtypes(shards, case_id))
         per_volume.append(
-            {"case_id": case_id, "fold": entry["fold"], "subtypes": subtypes, **metrics}
+            {
+                "case_id": case_id,
+                "fold": entry["fold"],
+                "subtypes": subtypes,
+                "grid": grid_name,
+                **metrics,
+            }
         )
         if n_overlays <= 0:
             continue
@@ -233,8 +264,12 @@ def write_evaluation(
     out = Path(out_dir) if out_dir is not None else Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(per_volume)
+    grids = sorted({str(v.get("grid", "shard")) for v in per_volume})
     result = {
         "split": split,
+        # Where every number below was computed: "native" (the scans' own grids, against the
+        # original mask files) or "shard" (the resized, slice-selected training grid).
+        "grid": grids[0] if len(grids) == 1 else "mixed",
         "mean_dice": summary["lesion"]["dice"]["mean"],
         "mean_dice_all": summary["all"]["dice"]["mean"],
         "n_volumes": summary["all"]["n"],
@@ -275,13 +310,17 @@ def write_evaluation(
                 "evaluated volumes' lesion and lesion-free slices (counts in the legends).",
             )
         )
+    grid_note = {
+        "native": "native grid (each scan's own voxels, against the original mask files)",
+        "shard": "shard grid (the training grid: resized, slice-selected)",
+    }.get(result["grid"], "mixed grids")
     report = write_report(
         out,
         summary=summary,
         per_volume=per_volume,
         history=history,
         overlay_examples=overlay_examples,
-        title=title,
+        title=f"{title}; metrics on the {grid_note}",
         figures=extra_figures,
     )
     result["report"] = str(report)

@@ -12,6 +12,7 @@ from lesionjax.data import sampling
 from lesionjax.data.shards import ShardSet
 from lesionjax.eval.runs import write_preprocessing
 from lesionjax.tasks.data import prepare_shards
+from lesionjax.tasks.native import native_truth
 
 
 class NoMasksError(UserError):
@@ -70,6 +71,7 @@ def run_segmentation(config, workdir: Path) -> dict:
     result = train(config, workdir, shards, split)
     t_train = time.perf_counter() - t0 - t_data
 
+    native = config.eval.get("native", False)
     per_volume, overlays = evaluate_cases(
         result.predictor,
         result.state,
@@ -80,6 +82,7 @@ def run_segmentation(config, workdir: Path) -> dict:
         progress=progress,
         auc=True,
         nsd_tolerance_mm=config.eval.nsd_tolerance_mm,
+        native_truth=native_truth(config, workdir) if native else None,
     )
     summary = {}
     if is_main:

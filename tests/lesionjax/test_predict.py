@@ -401,3 +401,40 @@ def test_predict_errors_are_one_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert "no such run folder" in lines[0]
+
+
+def test_cavity_mask_removes_everything_outside_the_cavity(tiny_phantom, tmp_path):
+    """A model that calls every voxel lesion, on the phantom read as a dataset: with
+    --cavity-mask what is left is exactly the case's own cavity mask file."""
+
+    class Everywhere:
+        state = None
+
+        def predict_volume(self, state, channels):
+            return np.ones(channels.shape[:3], np.float32)
+
+    model = Everywhere()
+    model.predictor = model
+    scans, problems = predict_lib.dataset_scans("pairs", tiny_phantom)
+    assert not problems and len(scans) == 10
+    scan = scans[0]
+    assert scan.files.icm is not None and not scan.files.labelled
+    for cavity in (False, True):
+        row = predict_lib.predict_scan(
+            scan,
+            [(CT, [model])],
+            tmp_path / str(cavity),
+            threshold=0.5,
+            tta=False,
+            save_probabilities=False,
+            cavity_mask=cavity,
+            overlay=False,
+        )
+        mask = np.asarray(nib.load(str(tmp_path / str(cavity) / row["mask"])).dataobj) > 0
+        assert row["cavity_mask"] is cavity
+        if cavity:
+            icm = np.asarray(nib.load(str(scan.files.icm)).dataobj) > 0
+            assert 0 < icm.sum() < icm.size
+            np.testing.assert_array_equal(mask, icm)
+        else:
+            assert mask.all()
