@@ -1,7 +1,7 @@
 """Re-evaluate a trained run, or compare several runs.
 
     python -m lesionjax.evaluate --workdir DIR [--split test] [--step N] [--threshold T]
-        [--native | --shard-grid]
+        [--native | --shard-grid] [--ensemble RUN ...] [--tta]
     python -m lesionjax.evaluate --compare DIR1 DIR2 ... --out OUTDIR [--names a,b] [--metric dice]
 
 ``--workdir`` restores a run from its checkpoint (the best one by validation Dice, or ``--step``),
@@ -11,6 +11,10 @@ overlays, Dice box plots by ICH subtype and a t-SNE of bottleneck features. ``--
 each prediction back to its scan's native grid and scores it there against the original mask
 file (the main job's final evaluation does so by default, ``eval.native``); ``--shard-grid``
 scores on the training grid. summary.json's ``grid`` and the report's title say which.
+``--ensemble B C`` averages the probabilities of runs B and C with DIR's on DIR's held-out
+volumes (every run must have held them out, and read the same preprocessing) and ``--tta`` adds
+each run's prediction of the left-right mirrored volume; they write ``eval_ensemble/`` or
+``eval_tta/`` and summary.json lists the members.
 
 ``--compare`` reads each run's ``eval/per_volume.json`` (a run folder or its eval folder) and
 writes into OUTDIR the mean ± std tables (markdown + CSV), Welch t-tests (markdown + CSV), box
@@ -88,9 +92,57 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     )
 
 
-def eval_dir(run: Run, split: str) -> Path:
-    """``workdir/eval`` for the config's evaluation split, ``workdir/eval_<split>`` otherwise."""
-    return run.workdir / ("eval" if split == run.config.eval.split else f"eval_{split}")
+def eval_dir(run: Run, split: str, *, ensemble: bool = False, tta: bool = False) -> Path:
+    """``workdir/eval`` for the config's evaluation split, ``workdir/eval_<split>`` otherwise;
+    an ensemble's or a TTA evaluation gets ``_ensemble`` / ``_tta`` added (the run's own
+    evaluation is kept)."""
+    name = "eval" if split == run.config.eval.split else f"eval_{split}"
+    if ensemble:
+        name += "_ensemble"
+    if tta:
+        name += "_tta"
+    return run.workdir / name
+
+
+class EnsemblePredictor:
+    """``predict_volume(state, image)`` of an ensemble: the members' mean probabilities, with
+    the left-right mirrors when ``tta`` (``lesionjax.eval.ensemble``); ``state`` is unused."""
+
+    def __init__(self, members: Sequence[Run], tta: bool):
+        self.members, self.tta = list(members), tta
+
+    def predict_volume(self, state, image):
+        from lesionjax.eval.ensemble import ensemble_probabilities
+
+        return ensemble_probabilities(self.members, image, tta=self.tta)
+
+
+def _plan_without_dataset(run: Run) -> dict:
+    return {k: v for k, v in run.shards.plan.items() if k != "dataset"}
+
+
+def check_ensemble(run: Run, members: Sequence[Run], split: str, case_ids: Sequence[str]):
+    """Every member must read the same preprocessing as ``run`` and must have held out the
+    volumes it is evaluated on (else its score would count volumes it was trained on)."""
+    from lesionjax.data import sampling
+
+    for member in members:
+        if _plan_without_dataset(member) != _plan_without_dataset(run):
+            raise EvaluationError(
+                f"--ensemble {member.workdir}: its shards were prepared differently from "
+                f"{run.workdir}'s ({member.shards.root / 'manifest.json'} plan differs); an "
+                "ensemble must read the same input"
+            )
+        c = member.config.data
+        held_out = sampling.split_case_ids(member.shards, c.test_fold, c.val_fold)[split]
+        missing = sorted(set(case_ids) - set(held_out))
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise EvaluationError(
+                f"--ensemble {member.workdir}: {len(missing)} of the {len(case_ids)} {split} "
+                f"volumes of {run.workdir} are not in its own {split} split ({shown}); the "
+                "runs of an ensemble must share their held-out volumes"
+            )
 
 
 def reevaluate(
@@ -102,12 +154,17 @@ def reevaluate(
     tsne_slices: int = 400,
     progress: bool = True,
     native: bool | None = None,
+    ensemble: Sequence[str | Path] = (),
+    tta: bool = False,
 ) -> dict:
     """Re-evaluates a trained run from its checkpoint and rewrites its eval folder and report.
 
     ``native``: score on the scans' native grids against the original mask files (True), or on
     the shard grid (False); None: as the run's config says (``eval.native``; runs older than
-    that setting: the shard grid).
+    that setting: the shard grid). ``ensemble``: further run folders whose probabilities are
+    averaged with this run's (they must share its held-out volumes and preprocessing);
+    ``tta``: each member also predicts the left-right mirrored volume. Both write
+    ``eval_ensemble`` / ``eval_tta`` folders and list the members in summary.json.
 
     Returns the summary written to ``<eval folder>/summary.json`` (with "report" added).
     """
@@ -149,8 +206,12 @@ def reevaluate(
     from lesionjax.tasks.native import native_truth
 
     native = config.eval.get("native", False) if native is None else bool(native)
+    members = [load_run(m) for m in ensemble]
+    if members:
+        check_ensemble(run, members, split, case_ids)
+    predictor = EnsemblePredictor([run, *members], tta) if (members or tta) else run.predictor
     per_volume, overlays = evaluate_cases(
-        run.predictor,
+        predictor,
         run.state,
         run.shards,
         case_ids,
@@ -162,7 +223,7 @@ def reevaluate(
         native_truth=native_truth(config, run.workdir) if native else None,
     )
     features = None
-    if tsne_slices > 0:
+    if tsne_slices > 0 and predictor is run.predictor:  # a single model's features only
         extractor = VolumePredictor(
             make_features_fn(run.run_state.graphdef),
             run.run_state.mesh,
@@ -180,7 +241,7 @@ def reevaluate(
             per_volume,
             overlays,
             split=split,
-            out_dir=eval_dir(run, split),
+            out_dir=eval_dir(run, split, ensemble=bool(members), tta=tta),
             features=features,
             extra={
                 "checkpoint_step": run.step,
@@ -188,6 +249,8 @@ def reevaluate(
                 "threshold": threshold,
                 "nsd_tolerance_mm": nsd_tolerance,
                 "evaluated_by": "lesionjax.evaluate",
+                "members": [{"run": str(m.workdir), "step": m.step} for m in [run, *members]],
+                "tta": tta,
                 "seconds": {"total": round(time.perf_counter() - t0, 1)},
             },
             title=f"lesionjax evaluation: {config.get('name', 'run')} ({where}, step {run.step})",
@@ -445,6 +508,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-overlays", type=int, default=4, help="--compare: overlay rows (0: no overlays)"
     )
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="RUN",
+        help="--workdir: average with these runs' probabilities (same held-out volumes)",
+    )
+    p.add_argument("--tta", action="store_true", help="--workdir: add left-right mirrored input")
     grid = p.add_mutually_exclusive_group()
     grid.add_argument(
         "--native",
@@ -486,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tsne_slices=args.tsne_slices,
                 progress=not args.no_progress,
                 native=args.native,
+                ensemble=args.ensemble or (),
+                tta=args.tta,
             )
             if jax.process_index() == 0:
                 keys = (

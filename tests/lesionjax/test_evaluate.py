@@ -420,3 +420,71 @@ def test_compare_leaves_out_runs_it_cannot_restore_and_says_why(trained_run, tmp
         "longer saved)." in report
     )
     assert (out / "overlays.png").is_file()
+
+
+@pytest.fixture(scope="session")
+def other_runs(trained_run, tiny_main_command, child_env, tmp_path_factory) -> dict[str, Path]:
+    """Two more tiny runs: another seed on the same folds, and one holding out another fold."""
+    root = tmp_path_factory.mktemp("ensemble")
+    runs = {"seed": root / "seed1", "fold": root / "fold1"}
+    for name, extra in (("seed", "--config.seed=1"), ("fold", "--config.data.test_fold=2")):
+        command = tiny_main_command(runs[name], "--config.train.epochs=1", extra)
+        subprocess.run(command, env=child_env(2), check=True, capture_output=True)
+    return runs
+
+
+@pytest.mark.slow
+def test_ensemble_with_tta_averages_the_members_and_their_mirrors(
+    trained_run, other_runs, tmp_path, capsys
+):
+    run = tmp_path / "a"
+    shutil.copytree(trained_run, run)
+    rc, out, err = run_main(
+        [
+            "--workdir",
+            run,
+            "--ensemble",
+            other_runs["seed"],
+            "--tta",
+            "--shard-grid",
+            "--tsne-slices",
+            "0",
+            "--no-progress",
+            "--threshold",
+            "0.3",
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    folder = run / "eval_ensemble_tta"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [m["run"] for m in summary["members"]] == [str(run), str(other_runs["seed"])]
+    assert summary["tta"] is True and summary["grid"] == "shard"
+    # The same average computed here, by hand, from each run's own predictor.
+    members = [evaluate.load_run(run), evaluate.load_run(other_runs["seed"])]
+    shards = members[0].shards
+    for v in json.loads((folder / "per_volume.json").read_text()):
+        vol = shards.read_volume(v["case_id"])
+        image = vol["image"]
+        probs = []
+        for m in members:
+            probs.append(m.predictor.predict_volume(m.state, image))
+            mirrored = np.ascontiguousarray(image[::-1])
+            probs.append(m.predictor.predict_volume(m.state, mirrored)[::-1])
+        pred = np.mean(probs, axis=0) >= 0.3
+        gt = vol["mask"] > 0
+        expected = volume_metrics(pred, gt, spacing=shards.volume(v["case_id"])["shard_spacing"])
+        assert v["pred_voxels"] == expected["pred_voxels"]
+        assert v["dice"] == pytest.approx(expected["dice"])
+    # The run's own evaluation is left as it was.
+    assert (run / "eval" / "summary.json").read_text() == (
+        trained_run / "eval" / "summary.json"
+    ).read_text()
+
+
+@pytest.mark.slow
+def test_an_ensemble_member_that_trained_on_the_volumes_is_refused(trained_run, other_runs, capsys):
+    rc, _, err = run_main(
+        ["--workdir", trained_run, "--ensemble", other_runs["fold"], "--no-progress"], capsys
+    )
+    assert_one_line_error(rc, err, str(other_runs["fold"]), "must share their held-out volumes")
