@@ -1,6 +1,6 @@
 """Apply trained runs to new scans: masks on the scans' own grids, lesion volumes, overlays.
 
-    python -m lesionjax.predict --model RUN [RUN ...] --input PATH --output DIR
+    python -m lesionjax.predict --model RUN|FILE.ljx [...] --input PATH --output DIR
         [--tta] [--threshold T] [--save-probabilities] [--cavity-mask] [--dataset NAME]
 
 PATH is a NIfTI file, a DICOM series folder, or a folder holding several of them (searched
@@ -201,8 +201,16 @@ def load_models(run_dirs: Sequence[str], *, step: int | None = None) -> list:
     """Restores every run; they must share their input channels (one preprocessing each is
     allowed: a scan is prepared once per distinct plan)."""
     from lesionjax.eval.runs import load_model
+    from lesionjax.export import SUFFIX, load_predictor_file
 
-    models = [load_model(d, step=step) for d in run_dirs]
+    models = []
+    for d in run_dirs:
+        if str(d).endswith(SUFFIX):  # an exported predictor file: its members
+            if not Path(d).is_file():
+                raise PredictError(f"{d}: no such predictor file")
+            models += load_predictor_file(d)
+        else:
+            models.append(load_model(d, step=step))
     modalities = {m.plan.get("modality") for m in models}
     if len(modalities) > 1:
         raise PredictError(
@@ -384,7 +392,7 @@ def predict(
         raise PredictError(f"{input_path}: no scans found (NIfTI files or DICOM series)")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    members = [str(m.workdir) for m in models]
+    members = [getattr(m, "source", str(m.workdir)) for m in models]
     for scan in tqdm(scans, desc="predict", unit="scan", disable=not progress):
         try:
             row = predict_scan(
@@ -421,7 +429,11 @@ def predict(
         out_dir / "predictions.json",
         {
             "models": [
-                {"run": str(m.workdir), "step": m.step, "best_val_dice": m.best_val_dice}
+                {
+                    "run": getattr(m, "source", str(m.workdir)),
+                    "step": m.step,
+                    "best_val_dice": m.best_val_dice,
+                }
                 for m in models
             ],
             "tta": tta,

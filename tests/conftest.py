@@ -98,6 +98,18 @@ def tiny_main_command(tiny_phantom):
     return command
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_main_command, tmp_path_factory) -> pathlib.Path:
+    """The tiny demo trained once for 1 epoch (~25 s) in a child process, read-only for tests
+    (copy it before changing anything)."""
+    import subprocess
+
+    workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+    command = tiny_main_command(workdir, "--config.train.epochs=1")
+    subprocess.run(command, env=subprocess_env(2), check=True, capture_output=True)
+    return workdir
+
+
 def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
     """Environment for a child JAX process on the CPU with ``devices`` fake devices."""
     env = dict(os.environ)

@@ -338,16 +338,8 @@ def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
-@pytest.fixture(scope="session")
-def predict_run(tiny_main_command, child_env, tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("predict") / "run"
-    command = tiny_main_command(workdir, "--config.train.epochs=1")
-    subprocess.run(command, env=child_env(2), check=True, capture_output=True)
-    return workdir
-
-
 @pytest.mark.slow
-def test_predict_command_end_to_end(predict_run, tiny_phantom, tmp_path, child_env):
+def test_predict_command_end_to_end(tiny_run, tiny_phantom, tmp_path, child_env):
     import shutil
 
     inputs = tmp_path / "in"
@@ -361,8 +353,8 @@ def test_predict_command_end_to_end(predict_run, tiny_phantom, tmp_path, child_e
         "-m",
         "lesionjax.predict",
         "--model",
-        str(predict_run),
-        str(predict_run),
+        str(tiny_run),
+        str(tiny_run),
         "--input",
         str(inputs),
         "--output",

@@ -1,0 +1,109 @@
+"""``lesionjax.export``: one predictor file that predicts as the runs do, without them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from lesionjax import export
+from lesionjax.eval.runs import load_model
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "model.ljx"
+    export.write_predictor_file([tiny_run, tiny_run], out)
+    return out
+
+
+@pytest.mark.slow
+def test_the_file_holds_no_pickle_and_says_what_it_is(exported, tiny_run):
+    with zipfile.ZipFile(exported) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("manifest.json"))
+        assert names == {
+            "manifest.json",
+            "member0.stablehlo",
+            "member0.npz",
+            "member1.stablehlo",
+            "member1.npz",
+        }
+        for name in ("member0.npz", "member1.npz"):
+            # Plain arrays: numpy refuses to load pickled objects here.
+            import io
+
+            with np.load(io.BytesIO(z.read(name)), allow_pickle=False) as npz:
+                assert all(npz[k].dtype != object for k in npz.files)
+    assert manifest["format"] == "lesionjax-predictor" and manifest["platforms"] == ["cpu"]
+    member = manifest["members"][0]
+    assert member["run"] == str(tiny_run) and member["channels"] == 3
+    assert member["plan"] == json.loads((tiny_run / "preprocessing.json").read_text())["plan"]
+
+
+@pytest.mark.slow
+def test_exported_probabilities_match_the_run_on_any_batch_size(exported, tiny_run):
+    members = export.load_predictor_file(exported)
+    model = load_model(tiny_run)
+    rng = np.random.default_rng(0)
+    h, w = members[0].predictor.size
+    for n in (1, 3, 7):  # the symbolic batch dimension
+        slices = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+        volume = np.moveaxis(slices, 0, 2)
+        want = model.predictor.predict_volume(model.state, volume)
+        got = members[0].predictor.predict_volume(None, volume)
+        assert got.shape == want.shape == (h, w, n)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_with_the_file_gives_the_runs_masks_without_the_run(
+    exported, tiny_run, tiny_phantom, tmp_path, child_env
+):
+    import nibabel as nib
+
+    moved = tmp_path / "moved.ljx"
+    shutil.copy(exported, moved)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(tiny_phantom / "images" / "phantom_003.nii.gz", inputs)
+    outs = {}
+    for name, model in (("file", [str(moved)]), ("runs", [str(tiny_run), str(tiny_run)])):
+        outs[name] = tmp_path / name
+        argv = [
+            sys.executable,
+            "-m",
+            "lesionjax.predict",
+            "--model",
+            *model,
+            "--input",
+            str(inputs),
+            "--output",
+            str(outs[name]),
+            "--no-progress",
+            "--no-overlays",
+            "--save-probabilities",
+        ]
+        done = subprocess.run(argv, env=child_env(1), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    a = nib.load(str(outs["file"] / "phantom_003_prob.nii.gz")).get_fdata()
+    b = nib.load(str(outs["runs"] / "phantom_003_prob.nii.gz")).get_fdata()
+    np.testing.assert_allclose(a, b, atol=1 / 255 + 1e-9)  # stored to 1/255
+    ma = np.asarray(nib.load(str(outs["file"] / "phantom_003_mask.nii.gz")).dataobj)
+    mb = np.asarray(nib.load(str(outs["runs"] / "phantom_003_mask.nii.gz")).dataobj)
+    np.testing.assert_array_equal(ma, mb)
+
+
+def test_a_file_that_is_not_a_predictor_is_one_error_line(tmp_path, capsys):
+    from lesionjax import predict
+
+    bad = tmp_path / "bad.ljx"
+    bad.write_bytes(b"not a zip")
+    rc = predict.main(["--model", str(bad), "--input", str(tmp_path), "--output", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith(f"error: {bad}: not a readable")
