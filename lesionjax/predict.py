@@ -39,7 +39,9 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +222,30 @@ def load_models(run_dirs: Sequence[str], *, step: int | None = None) -> list:
     return models
 
 
+def model_groups(
+    run_dirs: Sequence[str], *, dataset: str | None = None, step: int | None = None
+) -> tuple[list, list[tuple[object, list]]]:
+    """(models, [(plan, members)]): the runs (or predictor files) restored and grouped by their
+    preprocessing, so that a scan is prepared once per distinct plan."""
+    from data_prep.plan import PreprocessingPlan
+
+    models = load_models(run_dirs, step=step)
+    by_plan: dict[str, tuple[object, list]] = {}
+    for m in models:
+        try:
+            plan = PreprocessingPlan.from_dict(m.plan)
+        except (UserError, TypeError, KeyError) as err:
+            raise PredictError(f"{m.workdir / 'preprocessing.json'}: {err}") from None
+        n_images = m.channels // max(1, len(plan.windows))
+        if n_images > 1 and dataset is None:
+            raise PredictError(
+                f"{m.workdir}: the model reads {n_images} co-registered images per scan; give "
+                "the scans as a dataset (--dataset NAME) so each case's images are found"
+            )
+        by_plan.setdefault(_plan_key(m.plan), (plan, []))[1].append(m)
+    return models, list(by_plan.values())
+
+
 def _plan_key(plan: dict) -> str:
     return json.dumps({k: v for k, v in plan.items() if k != "dataset"}, sort_keys=True)
 
@@ -276,24 +302,38 @@ def predict_scan(
     save_probabilities: bool,
     cavity_mask: bool,
     overlay: bool = True,
+    prepared: Sequence | None = None,
 ) -> dict:
-    """Predicts one scan with every model group (plan, members) and writes its outputs."""
-    from data_prep.preprocess import preprocess_case
+    """Predicts one scan with every model group (plan, members) and writes its outputs.
+
+    ``prepared``: the scan already prepared for each group's plan (`prepare_scan`), e.g. by a
+    thread reading ahead; None prepares it here. The row's ``seconds`` times each stage.
+    """
+    import time
+
     from lesionjax.core.geometry import spacing_of
     from lesionjax.core.windows import uint8_to_unit
     from lesionjax.eval.ensemble import ensemble_probabilities
     from lesionjax.eval.figures import plot_prediction_overlay
     from lesionjax.eval.lesions import lesion_volumes
 
+    t0 = time.perf_counter()
+    if prepared is None:
+        prepared = prepare_scan(scan, [plan for plan, _ in groups])
+    seconds = {"read_preprocess": time.perf_counter() - t0, "predict": 0.0, "map_back": 0.0}
     total, weight, first = None, 0, None
-    for plan, members in groups:
-        prepared = preprocess_case(scan.files, plan)
-        probs = ensemble_probabilities(members, prepared.channels, tta=tta)
-        native = prepared.grid.to_native(probs, order=1, fill=0.0).astype(np.float64)
+    for (_, members), volume in zip(groups, prepared, strict=True):
+        t = time.perf_counter()
+        probs = ensemble_probabilities(members, volume.channels, tta=tta)
+        seconds["predict"] += time.perf_counter() - t
+        t = time.perf_counter()
+        native = volume.grid.to_native(probs, order=1, fill=0.0).astype(np.float64)
         total = native * len(members) if total is None else total + native * len(members)
         weight += len(members)
+        seconds["map_back"] += time.perf_counter() - t
         if first is None:
-            first = (prepared, probs)
+            first = (volume, probs)
+    t = time.perf_counter()
     prob = np.clip(total / weight, 0.0, 1.0)
     prepared, shard_probs = first
     grid = prepared.grid
@@ -322,6 +362,7 @@ def predict_scan(
         )
     volumes = lesion_volumes(mask.astype(bool), spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    seconds["write"] = time.perf_counter() - t  # threshold, cavity, NIfTI, overlay, lesions
     return {
         "case": scan.case_id,
         "input": str(scan.source),
@@ -334,10 +375,89 @@ def predict_scan(
         "cavity_mask": used_cavity,
         "mask": mask_path.name,
         "shape": [int(n) for n in mask.shape],
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
 
 
+def _timed_prepare(scan: Scan, plans: Sequence) -> tuple[list, float]:
+    t = time.perf_counter()
+    return prepare_scan(scan, plans), time.perf_counter() - t
+
+
+def prepare_scan(scan: Scan, plans: Sequence) -> list:
+    """The scan read and preprocessed for each plan (``data_prep.preprocess.preprocess_case``)."""
+    from data_prep.preprocess import preprocess_case
+
+    return [preprocess_case(scan.files, plan) for plan in plans]
+
+
 # ------------------------------------------------------------------------------ the command
+
+
+def predict_scans(
+    scans: Sequence[Scan],
+    groups: list[tuple[object, list]],
+    out_dir: Path,
+    *,
+    threshold: float,
+    tta: bool = False,
+    save_probabilities: bool = False,
+    cavity_mask: bool = False,
+    overlay: bool = True,
+    progress: bool = True,
+    read_ahead: bool = True,
+) -> tuple[list[dict], list[str]]:
+    """Predicts ``scans`` one after the other (`predict_scan`); with ``read_ahead`` one thread
+    reads and preprocesses the next scan while the current one is predicted and written.
+    Returns (rows, failures); a scan that fails is reported on one line and skipped."""
+    from tqdm import tqdm
+
+    from data_prep.volumes import CaseError
+
+    rows: list[dict] = []
+    failures: list[str] = []
+    if not scans:
+        return rows, failures
+    plans = [plan for plan, _ in groups]
+    reader = ThreadPoolExecutor(max_workers=1)
+    try:
+        ahead = reader.submit(_timed_prepare, scans[0], plans)
+        for i, scan in enumerate(tqdm(scans, desc="predict", unit="scan", disable=not progress)):
+            current = ahead
+            if i + 1 < len(scans) and read_ahead:
+                ahead = reader.submit(_timed_prepare, scans[i + 1], plans)
+            try:
+                t = time.perf_counter()
+                prepared, read_seconds = current.result()
+                waited = time.perf_counter() - t
+                row = predict_scan(
+                    scan,
+                    groups,
+                    out_dir,
+                    threshold=threshold,
+                    tta=tta,
+                    save_probabilities=save_probabilities,
+                    cavity_mask=cavity_mask,
+                    overlay=overlay,
+                    prepared=prepared,
+                )
+                # The stage's own time, and how much of it the prediction waited for.
+                row["seconds"]["read_preprocess"] = round(read_seconds, 4)
+                row["seconds"]["read_wait"] = round(waited, 4)
+            except (CaseError, UserError, ValueError, OSError) as err:
+                message = str(err)
+                if str(scan.source) not in message:
+                    message = f"{scan.source}: {message}"
+                print_error(message)
+                failures.append(message)
+                continue
+            finally:
+                if i + 1 < len(scans) and not read_ahead:
+                    ahead = reader.submit(_timed_prepare, scans[i + 1], plans)
+            rows.append(row)
+    finally:
+        reader.shutdown()
+    return rows, failures
 
 
 def predict(
@@ -356,29 +476,12 @@ def predict(
 ) -> tuple[list[dict], list[str]]:
     """Predicts every scan of ``input_path``; returns (rows, failures) and writes
     ``predictions.csv`` / ``predictions.json`` into ``out_dir``."""
-    from tqdm import tqdm
 
-    from data_prep.plan import PreprocessingPlan
-    from data_prep.volumes import CaseError
     from lesionjax.core.atomic import atomic_write_csv, atomic_write_json
 
     out_dir = Path(out_dir)
-    models = load_models(run_dirs, step=step)
+    models, groups = model_groups(run_dirs, dataset=dataset, step=step)
     modality = models[0].plan.get("modality", "CT")
-    by_plan: dict[str, tuple[object, list]] = {}
-    for m in models:
-        try:
-            plan = PreprocessingPlan.from_dict(m.plan)
-        except (UserError, TypeError, KeyError) as err:
-            raise PredictError(f"{m.workdir / 'preprocessing.json'}: {err}") from None
-        n_images = m.channels // max(1, len(plan.windows))
-        if n_images > 1 and dataset is None:
-            raise PredictError(
-                f"{m.workdir}: the model reads {n_images} co-registered images per scan; give "
-                "the scans as a dataset (--dataset NAME) so each case's images are found"
-            )
-        by_plan.setdefault(_plan_key(m.plan), (plan, []))[1].append(m)
-    groups = list(by_plan.values())
     if threshold is None:
         threshold = float(models[0].config.eval.threshold)
     if dataset:
@@ -391,29 +494,21 @@ def predict(
     if not scans:
         raise PredictError(f"{input_path}: no scans found (NIfTI files or DICOM series)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
     members = [getattr(m, "source", str(m.workdir)) for m in models]
-    for scan in tqdm(scans, desc="predict", unit="scan", disable=not progress):
-        try:
-            row = predict_scan(
-                scan,
-                groups,
-                out_dir,
-                threshold=threshold,
-                tta=tta,
-                save_probabilities=save_probabilities,
-                cavity_mask=cavity_mask,
-                overlay=overlay,
-            )
-        except (CaseError, UserError, ValueError, OSError) as err:
-            message = str(err)
-            if str(scan.source) not in message:
-                message = f"{scan.source}: {message}"
-            print_error(message)
-            failures.append(message)
-            continue
+    rows, failed = predict_scans(
+        scans,
+        groups,
+        out_dir,
+        threshold=threshold,
+        tta=tta,
+        save_probabilities=save_probabilities,
+        cavity_mask=cavity_mask,
+        overlay=overlay,
+        progress=progress,
+    )
+    failures += failed
+    for row in rows:
         row["models"] = members
-        rows.append(row)
 
     def cell(row: dict, key: str):
         if key == "lesion_volumes_ml":

@@ -430,3 +430,28 @@ def test_cavity_mask_removes_everything_outside_the_cavity(tiny_phantom, tmp_pat
             np.testing.assert_array_equal(mask, icm)
         else:
             assert mask.all()
+
+
+def test_reading_ahead_gives_the_same_results_and_a_bad_scan_is_skipped(tmp_path):
+    shape = (32, 32, 8)
+    affine = _affine("LPS", shape, np.array([1.0, 1.0, 3.0]))
+    for name in ("a", "b", "c"):
+        _write_scan(tmp_path / "in", name, shape, affine, "CT")
+    (tmp_path / "in" / "b_broken.nii.gz").write_bytes(b"not gzip")
+    scans, _ = predict_lib.find_scans(tmp_path / "in", "CT")
+    results = {}
+    for ahead in (True, False):
+        rows, failures = predict_lib.predict_scans(
+            scans,
+            [(CT, [Oracle(159.5, 127.0)])],
+            tmp_path / str(ahead),
+            threshold=0.5,
+            overlay=False,
+            progress=False,
+            read_ahead=ahead,
+        )
+        assert [r["case"] for r in rows] == ["a", "b", "c"]
+        assert len(failures) == 1 and "b_broken.nii.gz" in failures[0]
+        results[ahead] = [(r["lesion_ml"], r["n_lesions"]) for r in rows]
+        assert all(set(r["seconds"]) >= {"read_preprocess", "predict", "write"} for r in rows)
+    assert results[True] == results[False] and results[True][0][0] > 0
