@@ -100,8 +100,8 @@ def tiny_main_command(tiny_phantom):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_main_command, tmp_path_factory) -> pathlib.Path:
-    """The tiny demo trained once for 1 epoch (~25 s) in a child process, read-only for tests
-    (copy it before changing anything)."""
+    """The tiny demo trained once for 1 epoch (~25 s) in a child process. Tests may rewrite its
+    ``eval/`` folder (re-evaluation), nothing else: copy it first to change anything."""
     import subprocess
 
     workdir = tmp_path_factory.mktemp("tiny_run") / "run"

@@ -274,12 +274,10 @@ def test_feature_slices_are_balanced_and_labelled(tiny_shards):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_main_command, child_env, tmp_path_factory) -> Path:
-    """The tiny demo trained once (1 epoch, ~20 s), with its main-job evaluation."""
-    workdir = tmp_path_factory.mktemp("evaluate") / "run"
-    command = tiny_main_command(workdir, "--config.train.epochs=1")
-    subprocess.run(command, env=child_env(2), check=True, capture_output=True)
-    return workdir
+def trained_run(tiny_run) -> Path:
+    """The tiny demo trained once (1 epoch, ~20 s), with its main-job evaluation (conftest's
+    ``tiny_run``; tests here may rewrite its eval folder)."""
+    return tiny_run
 
 
 def _without_nan(volumes: list[dict]) -> list[dict]:
