@@ -206,6 +206,11 @@ def reevaluate(
     from lesionjax.tasks.native import native_truth
 
     native = config.eval.get("native", False) if native is None else bool(native)
+    seen = {Path(workdir).resolve()}
+    for m in ensemble:
+        if Path(m).resolve() in seen:
+            raise EvaluationError(f"--ensemble {m}: given twice (with --workdir or another member)")
+        seen.add(Path(m).resolve())
     members = [load_run(m) for m in ensemble]
     if members:
         check_ensemble(run, members, split, case_ids)

@@ -110,7 +110,7 @@ def export_member(model, platforms: Sequence[str]) -> tuple[bytes, list[np.ndarr
 
 
 def write_predictor_file(
-    run_dirs: Sequence[str], out: str | Path, *, platforms: Sequence[str] = ("cpu",)
+    run_dirs: Sequence[str], out: str | Path, *, platforms: Sequence[str] = ("cpu", "cuda")
 ) -> Path:
     """Restores every run and writes them as one ``.ljx`` predictor file (atomically)."""
     from lesionjax.core.atomic import atomic_path
@@ -161,17 +161,21 @@ class ExportedPredictor:
         self.size, self.channels, self.batch_size = tuple(size), int(channels), batch_size
 
     def predict_slices(self, image: np.ndarray) -> np.ndarray:
-        """image (N, H, W, C) uint8 -> probabilities (N, H, W) float32, in batches."""
+        """image (N, H, W, C) uint8 -> probabilities (N, H, W) float32, in batches (the last
+        one padded, so one batch shape is compiled)."""
         if tuple(image.shape[1:]) != (*self.size, self.channels):
             raise ValueError(
                 f"the exported model takes slices of {self.size[0]}x{self.size[1]} with "
                 f"{self.channels} channels, the scan gives {image.shape[1]}x{image.shape[2]} "
                 f"with {image.shape[3]}"
             )
-        out = [
-            np.asarray(self._exported.call(self._weights, image[i : i + self.batch_size]))
-            for i in range(0, image.shape[0], self.batch_size)
-        ]
+        bs, out = self.batch_size, []
+        for start in range(0, image.shape[0], bs):
+            chunk = image[start : start + bs]
+            n = chunk.shape[0]
+            if n < bs:
+                chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
+            out.append(np.asarray(self._exported.call(self._weights, chunk))[:n])
         return np.concatenate(out, axis=0)
 
     def predict_volume(self, state, channels: np.ndarray) -> np.ndarray:
@@ -202,9 +206,13 @@ class ExportedMember:
 
 def load_predictor_file(path: str | Path) -> list[ExportedMember]:
     """The members of a ``.ljx`` file, ready to predict."""
+    import zlib
+
+    import jax
     from jax import export as jax_export
 
     path = Path(path)
+    backend = jax.default_backend()
     try:
         with zipfile.ZipFile(path) as z:
             manifest = json.loads(z.read("manifest.json"))
@@ -215,11 +223,27 @@ def load_predictor_file(path: str | Path) -> list[ExportedMember]:
                     f"{path}: predictor format version {manifest['version']} is newer than "
                     f"this lesionjax reads ({FORMAT_VERSION})"
                 )
+            platforms = [str(p) for p in manifest.get("platforms", [])]
+            if backend not in platforms:
+                raise ExportError(
+                    f"{path}: exported for {', '.join(platforms)}, this machine runs {backend}; "
+                    f"export it again with --platforms {' '.join([*platforms, backend])}"
+                )
             members = []
             for k, m in enumerate(manifest["members"]):
-                exported = jax_export.deserialize(bytearray(z.read(m["forward"])))
+                try:
+                    exported = jax_export.deserialize(bytearray(z.read(m["forward"])))
+                except ExportError:
+                    raise
+                except Exception as err:  # a damaged or foreign StableHLO blob
+                    raise ExportError(f"{path}: {m['forward']}: cannot be loaded ({err})") from None
                 with np.load(io.BytesIO(z.read(m["weights"])), allow_pickle=False) as npz:
                     weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+                expected = [tuple(a.shape) for a in exported.in_avals[: len(weights)]]
+                if len(exported.in_avals) != len(weights) + 1 or expected != [
+                    w.shape for w in weights
+                ]:
+                    raise ExportError(f"{path}: {m['weights']} does not match {m['forward']}")
                 predictor = ExportedPredictor(exported, weights, m["size"], m["channels"])
                 members.append(
                     ExportedMember(
@@ -232,7 +256,16 @@ def load_predictor_file(path: str | Path) -> list[ExportedMember]:
                         predictor=predictor,
                     )
                 )
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError) as err:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        KeyError,
+        TypeError,
+        AttributeError,
+        json.JSONDecodeError,
+        ValueError,
+        OSError,
+    ) as err:
         if isinstance(err, ExportError):
             raise
         raise ExportError(f"{path}: not a readable lesionjax predictor file ({err})") from None
@@ -248,9 +281,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--platforms",
         nargs="+",
-        default=["cpu"],
+        default=["cpu", "cuda"],
         choices=("cpu", "cuda", "rocm", "tpu"),
-        help="platforms to export the forwards for (default: cpu)",
+        help="platforms to export the forwards for (default: cpu cuda)",
     )
     return p
 

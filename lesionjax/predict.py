@@ -105,80 +105,119 @@ def _case_files(case_id: str, image: Path, modality: str, image_files=None):
     )
 
 
+def _series_modality(files: Sequence[Path], default: str) -> str:
+    """The series' own Modality (0008,0060) when it is CT or MR, else ``default``: a series of
+    the other modality is then refused by the plan check, not windowed as the wrong one."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    except Exception:  # an unreadable header is reported when the series is read
+        return default
+    modality = str(ds.get("Modality", "") or "").upper()
+    return modality if modality in ("CT", "MR") else default
+
+
+def _series_scans(name: str, folder: Path, series: dict, modality: str) -> list[Scan]:
+    ordered = sorted(series.items(), key=lambda kv: str(kv[1][0]))
+    scans = []
+    for k, (_, files) in enumerate(ordered):
+        case = name if len(ordered) == 1 else f"{name}_{k}"
+        files = tuple(files)
+        found = _series_modality(files, modality)
+        scans.append(Scan(case, folder, _case_files(case, folder, found, files)))
+    return scans
+
+
+def unique_case_ids(scans: Sequence[Scan]) -> list[Scan]:
+    """Scans whose case ids are made distinct (``_1``, ``_2``, ... added where needed), so no
+    output overwrites another: ``a.nii`` and ``a.nii.gz`` side by side are both kept."""
+    used: set[str] = set()
+    out = []
+    for scan in scans:
+        case, n = scan.case_id, 0
+        while case in used:
+            n += 1
+            case = f"{scan.case_id}_{n}"
+        used.add(case)
+        if case != scan.case_id:
+            scan = Scan(case, scan.source, dataclasses.replace(scan.files, case_id=case))
+        out.append(scan)
+    return out
+
+
+OUTPUT_SUFFIXES = ("_mask.nii.gz", "_prob.nii.gz")
+
+
 def find_scans(
     path: Path, modality: str, *, exclude: Path | None = None
 ) -> tuple[list[Scan], list[str]]:
     """The scans under ``path`` (a NIfTI file, a DICOM series folder, or a folder of them) and
-    the problems found (one line each). Hidden files and ``exclude`` (the output folder) are
-    skipped; a folder holding several DICOM series gives one scan per series."""
+    the problems found (one line each). Hidden files are skipped, and so is ``exclude`` (the
+    output folder) when it lies inside ``path``; when it holds ``path``, this command's own
+    outputs (``*_mask.nii.gz``, ``*_prob.nii.gz``) are skipped instead. A folder holding
+    several DICOM series gives one scan per series."""
     from data_prep.dicom import list_series
     from data_prep.volumes import CaseError
 
     path = Path(path)
     if not path.exists():
         raise PredictError(f"{path}: no such file or folder")
+    root = path.resolve()
     if path.is_file():
         if not _is_nifti(path):
             # One DICOM file stands for its series (read_dicom_series: its own folder).
             try:
                 series = list_series(path.parent, recursive=False)
-            except CaseError as err:
+            except (CaseError, OSError) as err:
                 raise PredictError(f"{path}: not a NIfTI file or a DICOM series ({err})") from None
-            for files in series.values():
+            for uid, files in series.items():
                 if path in files:
-                    return [
-                        Scan(
-                            path.parent.name,
-                            path,
-                            _case_files(path.parent.name, path.parent, modality, tuple(files)),
-                        )
-                    ], []
+                    return _series_scans(root.parent.name, path, {uid: files}, modality), []
             raise PredictError(f"{path}: not a NIfTI file or a DICOM image")
         case = _strip_nifti(path.name)
         return [Scan(case, path, _case_files(case, path, modality))], []
 
+    exclude = exclude.resolve() if exclude is not None else None
+    skip_folder = exclude is not None and exclude != root and exclude not in root.parents
+    skip_outputs_in = None if skip_folder else exclude
     scans: list[Scan] = []
     problems: list[str] = []
-    exclude = exclude.resolve() if exclude is not None else None
-    folders = [path] + sorted(p for p in path.rglob("*") if p.is_dir())
+    try:
+        folders = [path] + sorted(p for p in path.rglob("*") if p.is_dir())
+    except OSError as err:
+        raise PredictError(f"{path}: cannot list the folder ({err})") from None
     for folder in folders:
         rel = folder.relative_to(path)
+        resolved = folder.resolve()
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if exclude is not None and (
-            folder.resolve() == exclude or exclude in folder.resolve().parents
-        ):
+        if skip_folder and (resolved == exclude or exclude in resolved.parents):
             continue
-        prefix = "_".join(rel.parts)
-        for f in sorted(p for p in folder.iterdir() if _is_nifti(p) and not p.name.startswith(".")):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as err:
+            problems.append(f"{folder}: cannot list the folder ({err})")
+            continue
+        for f in entries:
+            if not _is_nifti(f) or f.name.startswith("."):
+                continue
+            if resolved == skip_outputs_in and f.name.endswith(OUTPUT_SUFFIXES):
+                continue
             case = "_".join([*rel.parts, _strip_nifti(f.name)])
             scans.append(Scan(case, f, _case_files(case, f, modality)))
-        has_files = any(
-            p.is_file() and not p.name.startswith(".") and not _is_nifti(p)
-            for p in folder.iterdir()
-        )
-        if not has_files:
+        if not any(
+            p.is_file() and not p.name.startswith(".") and not _is_nifti(p) for p in entries
+        ):
             continue
         try:
             series = list_series(folder, recursive=False)
-        except CaseError as err:
+        except (CaseError, OSError) as err:
             if "no DICOM image files found" not in str(err):
                 problems.append(str(err))
             continue
-        name = prefix or path.name
-        for k, (_, files) in enumerate(sorted(series.items(), key=lambda kv: str(kv[1][0]))):
-            case = name if len(series) == 1 else f"{name}_{k}"
-            scans.append(Scan(case, folder, _case_files(case, folder, modality, tuple(files))))
-    seen: dict[str, int] = {}
-    unique = []
-    for scan in scans:  # a.nii and a.nii.gz side by side: both kept, under distinct names
-        n = seen.get(scan.case_id, 0)
-        seen[scan.case_id] = n + 1
-        if n:
-            case = f"{scan.case_id}_{n}"
-            scan = Scan(case, scan.source, dataclasses.replace(scan.files, case_id=case))
-        unique.append(scan)
-    return unique, problems
+        scans += _series_scans("_".join(rel.parts) or root.name, folder, series, modality)
+    return unique_case_ids(scans), problems
 
 
 def dataset_scans(name: str, path: Path) -> tuple[list[Scan], list[str]]:
@@ -193,7 +232,9 @@ def dataset_scans(name: str, path: Path) -> tuple[list[Scan], list[str]]:
         Scan(c.case_id, Path(c.image), dataclasses.replace(c, labelled=False, mask=None))
         for c in cases
     ]
-    return scans, [f"{p.get('file', p.get('case_id'))}: {p['error']}" for p in problems]
+    return unique_case_ids(scans), [
+        f"{p.get('file', p.get('case_id'))}: {p['error']}" for p in problems
+    ]
 
 
 # ------------------------------------------------------------------------------ models
@@ -235,7 +276,8 @@ def model_groups(
         try:
             plan = PreprocessingPlan.from_dict(m.plan)
         except (UserError, TypeError, KeyError) as err:
-            raise PredictError(f"{m.workdir / 'preprocessing.json'}: {err}") from None
+            where = getattr(m, "source", None) or m.workdir / "preprocessing.json"
+            raise PredictError(f"{where}: its preprocessing plan: {err}") from None
         n_images = m.channels // max(1, len(plan.windows))
         if n_images > 1 and dataset is None:
             raise PredictError(
@@ -266,16 +308,25 @@ def _native_header(scan: Scan, grid):
 
 
 def _save_nifti(path: Path, data: np.ndarray, affine, header, *, slope: float = 1.0) -> None:
+    """Writes ``data`` on the input's grid. The input's header keeps its orientation codes and
+    units; what describes the input's intensities (display range, intent, description) is
+    reset, so a viewer shows the mask as 0..1, not in the scan's HU window."""
     import nibabel as nib
 
     from lesionjax.core.atomic import atomic_path
 
     img = nib.Nifti1Image(data, affine, header=header)
     img.set_data_dtype(data.dtype)
-    img.header.set_slope_inter(slope, 0.0)
+    h = img.header
+    h.set_slope_inter(slope, 0.0)
+    h["cal_min"], h["cal_max"] = 0.0, 1.0
+    h.set_intent("none")
+    h["descrip"] = b"lesionjax-predict"
+    h["aux_file"] = b""
     if header is None:
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
+        h.set_xyzt_units("mm")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 
@@ -327,7 +378,7 @@ def predict_scan(
         probs = ensemble_probabilities(members, volume.channels, tta=tta)
         seconds["predict"] += time.perf_counter() - t
         t = time.perf_counter()
-        native = volume.grid.to_native(probs, order=1, fill=0.0).astype(np.float64)
+        native = volume.grid.to_native(probs, order=1, fill=0.0).astype(np.float32)
         total = native * len(members) if total is None else total + native * len(members)
         weight += len(members)
         seconds["map_back"] += time.perf_counter() - t
@@ -456,7 +507,7 @@ def predict_scans(
                     ahead = reader.submit(_timed_prepare, scans[i + 1], plans)
             rows.append(row)
     finally:
-        reader.shutdown()
+        reader.shutdown(wait=True, cancel_futures=True)
     return rows, failures
 
 
@@ -509,6 +560,12 @@ def predict(
     failures += failed
     for row in rows:
         row["models"] = members
+    if cavity_mask and rows and not any(r["cavity_mask"] for r in rows):
+        print(
+            "warning: --cavity-mask: no scan came with a cavity mask (read a dataset that has "
+            "them with --dataset NAME); the masks were written without it",
+            file=sys.stderr,
+        )
 
     def cell(row: dict, key: str):
         if key == "lesion_volumes_ml":

@@ -110,6 +110,17 @@ def tiny_run(tiny_main_command, tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def tiny_run_seed1(tiny_main_command, tmp_path_factory) -> pathlib.Path:
+    """``tiny_run`` with another seed: the same folds, other weights (read-only)."""
+    import subprocess
+
+    workdir = tmp_path_factory.mktemp("tiny_run_seed1") / "run"
+    command = tiny_main_command(workdir, "--config.train.epochs=1", "--config.seed=1")
+    subprocess.run(command, env=subprocess_env(2), check=True, capture_output=True)
+    return workdir
+
+
 def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
     """Environment for a child JAX process on the CPU with ``devices`` fake devices."""
     env = dict(os.environ)

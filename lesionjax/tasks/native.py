@@ -38,13 +38,14 @@ def native_truth(config, workdir: Path) -> Callable[[str, GridChain], np.ndarray
                 found, _ = read_layout(config.data.dataset, src)
             except (ValueError, OSError) as err:
                 raise NativeTruthError(
-                    f"{src}: {err} (set eval.native=False to score on the shard grid)"
+                    f"{src}: {err} (score on the shard grid instead: eval.native=False, or "
+                    "evaluate --shard-grid)"
                 ) from None
             cases = {c.case_id: c for c in found}
         if case_id not in cases:
             raise NativeTruthError(
-                f"{src}: case {case_id} of the shards is not in the dataset any more (set "
-                "eval.native=False to score on the shard grid)"
+                f"{src}: case {case_id} of the shards is not in the dataset any more (score on the "
+                "shard grid instead: eval.native=False, or evaluate --shard-grid)"
             )
         try:
             return native_mask(cases[case_id], grid)

@@ -16,9 +16,10 @@ from lesionjax.eval.runs import load_model
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):
+def exported(tiny_run, tiny_run_seed1, tmp_path_factory):
+    """Two different runs (seeds 0 and 1) in one file, exported for cpu and cuda (default)."""
     out = tmp_path_factory.mktemp("export") / "model.ljx"
-    export.write_predictor_file([tiny_run, tiny_run], out)
+    export.write_predictor_file([tiny_run, tiny_run_seed1], out)
     return out
 
 
@@ -40,30 +41,37 @@ def test_the_file_holds_no_pickle_and_says_what_it_is(exported, tiny_run):
 
             with np.load(io.BytesIO(z.read(name)), allow_pickle=False) as npz:
                 assert all(npz[k].dtype != object for k in npz.files)
-    assert manifest["format"] == "lesionjax-predictor" and manifest["platforms"] == ["cpu"]
+    assert manifest["format"] == "lesionjax-predictor"
+    assert manifest["platforms"] == ["cpu", "cuda"]
     member = manifest["members"][0]
     assert member["run"] == str(tiny_run) and member["channels"] == 3
     assert member["plan"] == json.loads((tiny_run / "preprocessing.json").read_text())["plan"]
 
 
 @pytest.mark.slow
-def test_exported_probabilities_match_the_run_on_any_batch_size(exported, tiny_run):
+def test_each_member_matches_its_own_run_on_any_batch_size(exported, tiny_run, tiny_run_seed1):
     members = export.load_predictor_file(exported)
-    model = load_model(tiny_run)
     rng = np.random.default_rng(0)
     h, w = members[0].predictor.size
-    for n in (1, 3, 7):  # the symbolic batch dimension
-        slices = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-        volume = np.moveaxis(slices, 0, 2)
-        want = model.predictor.predict_volume(model.state, volume)
-        got = members[0].predictor.predict_volume(None, volume)
-        assert got.shape == want.shape == (h, w, n)
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    for member, run in zip(members, (tiny_run, tiny_run_seed1), strict=True):
+        model = load_model(run)
+        for batch in (1, 3, 32):  # the symbolic batch dimension
+            member.predictor.batch_size = batch
+            slices = rng.integers(0, 256, (7, h, w, 3), dtype=np.uint8)
+            volume = np.moveaxis(slices, 0, 2)
+            want = model.predictor.predict_volume(model.state, volume)
+            got = member.predictor.predict_volume(None, volume)
+            assert got.shape == want.shape == (h, w, 7)
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    # The two members differ: a mix-up of their weights would show above.
+    volume = np.moveaxis(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8), 0, 2)
+    a, b = (m.predictor.predict_volume(None, volume) for m in members)
+    assert np.abs(a - b).max() > 1e-3
 
 
 @pytest.mark.slow
 def test_predict_with_the_file_gives_the_runs_masks_without_the_run(
-    exported, tiny_run, tiny_phantom, tmp_path, child_env
+    exported, tiny_run, tiny_run_seed1, tiny_phantom, tmp_path, child_env
 ):
     import nibabel as nib
 
@@ -73,7 +81,7 @@ def test_predict_with_the_file_gives_the_runs_masks_without_the_run(
     inputs.mkdir()
     shutil.copy(tiny_phantom / "images" / "phantom_003.nii.gz", inputs)
     outs = {}
-    for name, model in (("file", [str(moved)]), ("runs", [str(tiny_run), str(tiny_run)])):
+    for name, model in (("file", [str(moved)]), ("runs", [str(tiny_run), str(tiny_run_seed1)])):
         outs[name] = tmp_path / name
         argv = [
             sys.executable,
@@ -107,3 +115,18 @@ def test_a_file_that_is_not_a_predictor_is_one_error_line(tmp_path, capsys):
     rc = predict.main(["--model", str(bad), "--input", str(tmp_path), "--output", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and err[0].startswith(f"error: {bad}: not a readable")
+
+
+@pytest.mark.slow
+def test_a_file_exported_for_other_platforms_is_refused_at_load(exported, tmp_path):
+    other = tmp_path / "tpu_only.ljx"
+    with zipfile.ZipFile(exported) as src, zipfile.ZipFile(other, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "manifest.json":
+                manifest = json.loads(data)
+                manifest["platforms"] = ["tpu"]
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    with pytest.raises(export.ExportError, match="exported for tpu, this machine runs cpu"):
+        export.load_predictor_file(other)

@@ -74,12 +74,14 @@ def _affine(orientation: str, shape, spacing) -> np.ndarray:
     return affine
 
 
-def _write_scan(folder: Path, name: str, shape, affine, modality: str) -> tuple[Path, np.ndarray]:
+def _write_scan(
+    folder: Path, name: str, shape, affine, modality: str, radius: float = 12.0
+) -> tuple[Path, np.ndarray]:
     """A head-like scan (tissue in an ellipsoid, a bright spherical lesion) and its label."""
     folder.mkdir(parents=True, exist_ok=True)
     world = _world(shape, affine)
     head = np.sum((world / np.array([70.0, 80.0, 60.0])) ** 2, axis=-1) < 1
-    lesion = _sphere(shape, affine) & head
+    lesion = _sphere(shape, affine, radius) & head
     if modality == "CT":
         image = np.where(head, np.where(lesion, 70.0, 30.0), -1000.0)
     else:
@@ -434,9 +436,12 @@ def test_cavity_mask_removes_everything_outside_the_cavity(tiny_phantom, tmp_pat
 
 def test_reading_ahead_gives_the_same_results_and_a_bad_scan_is_skipped(tmp_path):
     shape = (32, 32, 8)
-    affine = _affine("LPS", shape, np.array([1.0, 1.0, 3.0]))
-    for name in ("a", "b", "c"):
-        _write_scan(tmp_path / "in", name, shape, affine, "CT")
+    spacing = np.array([1.0, 1.0, 3.0])
+    affine = _affine("LPS", shape, spacing)
+    expected = {}
+    for name, radius in (("a", 5.0), ("b", 8.0), ("c", 11.0)):  # a different lesion each
+        _, label = _write_scan(tmp_path / "in", name, shape, affine, "CT", radius=radius)
+        expected[name] = label.sum() * np.prod(spacing) / 1000.0
     (tmp_path / "in" / "b_broken.nii.gz").write_bytes(b"not gzip")
     scans, _ = predict_lib.find_scans(tmp_path / "in", "CT")
     results = {}
@@ -452,6 +457,57 @@ def test_reading_ahead_gives_the_same_results_and_a_bad_scan_is_skipped(tmp_path
         )
         assert [r["case"] for r in rows] == ["a", "b", "c"]
         assert len(failures) == 1 and "b_broken.nii.gz" in failures[0]
+        # Each row holds its own scan's lesion, not a neighbour's (the read-ahead pairing).
+        for r in rows:
+            assert r["lesion_ml"] == pytest.approx(expected[r["case"]]), r["case"]
         results[ahead] = [(r["lesion_ml"], r["n_lesions"]) for r in rows]
         assert all(set(r["seconds"]) >= {"read_preprocess", "predict", "write"} for r in rows)
-    assert results[True] == results[False] and results[True][0][0] > 0
+    assert results[True] == results[False]
+
+
+def test_an_output_folder_around_the_input_and_colliding_names(tmp_path):
+    shape = (24, 24, 6)
+    affine = _affine("RAS", shape, np.array([1.0, 1.0, 3.0]))
+    scans_dir = tmp_path / "data" / "scans"
+    for name in ("x", "x_1"):
+        _write_scan(scans_dir, name, shape, affine, "CT")
+    (scans_dir / "x.nii").write_bytes(nib.load(str(scans_dir / "x.nii.gz")).to_bytes())
+    (scans_dir / "x_mask.nii.gz").write_bytes((scans_dir / "x.nii.gz").read_bytes())  # an output
+    # The output folder holds the input: the scans are found, this command's outputs skipped.
+    for out in (tmp_path / "data", scans_dir):
+        scans, problems = predict_lib.find_scans(scans_dir, "CT", exclude=out)
+        ids = [s.case_id for s in scans]
+        assert not problems and len(ids) == len(set(ids)) == 3 + (out != scans_dir), ids
+    scans, _ = predict_lib.find_scans(scans_dir, "CT", exclude=scans_dir)
+    assert sorted(s.source.name for s in scans) == ["x.nii", "x.nii.gz", "x_1.nii.gz"]
+
+
+def test_a_dicom_series_of_another_modality_is_refused(tmp_path):
+    from data_prep.synthetic.dicom_writer import write_dicom_series
+    from data_prep.volumes import CaseError
+
+    shape = (24, 24, 6)
+    affine = _affine("RAS", shape, np.array([1.0, 1.0, 3.0]))
+    write_dicom_series(np.full(shape, 30.0), affine, tmp_path / "ct", patient_id="p")
+    mr_plan = PreprocessingPlan("pairs", "MR", windows=("unit",))
+    scans, _ = predict_lib.find_scans(tmp_path / "ct", "MR")
+    assert scans[0].files.modality == "CT"  # the series' own header, not the model's
+    with pytest.raises(CaseError, match="a CT image, but the plan is for MR"):
+        predict_lib.prepare_scan(scans[0], [mr_plan])
+
+
+def test_the_mask_header_is_the_inputs_without_its_intensity_display(tmp_path):
+    shape = (32, 32, 8)
+    affine = _affine("LPS", shape, np.array([1.0, 1.0, 3.0]))
+    image, label = _write_scan(tmp_path / "in", "scan", shape, affine, "CT")
+    src = nib.load(str(image))
+    src.header["cal_min"], src.header["cal_max"] = -1000.0, 3000.0
+    src.header.set_xyzt_units("mm", "sec")
+    nib.save(src, str(image))
+    img, _, _ = _predict_one(tmp_path, image, label, affine, CT)
+    h = img.header
+    assert (float(h["cal_min"]), float(h["cal_max"])) == (0.0, 1.0)
+    assert h.get_xyzt_units() == ("mm", "sec")
+    assert int(h["qform_code"]) == int(src.header["qform_code"])
+    assert int(h["sform_code"]) == int(src.header["sform_code"])
+    assert h.get_slope_inter() in ((1.0, 0.0), (None, None))
