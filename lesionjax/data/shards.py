@@ -103,3 +103,9 @@ class ShardSet:
         if "icm" in decoded[0]:
             out["icm"] = np.stack([d["icm"] for d in decoded], axis=2)
         return out
+
+
+def shards_dir(config, workdir: str | Path) -> Path:
+    """The shard folder of a run: ``data.shards_dir``, or ``<workdir>/shards`` when unset."""
+    folder = config.data.get("shards_dir") or ""
+    return Path(folder).expanduser() if folder else Path(workdir) / "shards"

@@ -78,18 +78,15 @@ def read_preprocessing(workdir: Path, config) -> tuple[dict, int]:
             return dict(d["plan"]), int(d["channels"])
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise RunError(f"{path}: not a preprocessing record ({err})") from None
-    shards = config.data.get("shards_dir") or ""
-    manifest = (Path(shards).expanduser() if shards else workdir / "shards") / "manifest.json"
-    if not manifest.is_file():
-        raise RunError(
-            f"{path}: not found, and neither is the run's {manifest}: the run's preprocessing "
-            "is unknown"
-        )
+    from lesionjax.data.shards import ShardSet, ShardSetError, shards_dir
+
     try:
-        d = json.loads(manifest.read_text())
-        return dict(d["plan"]), int(d["channels"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise RunError(f"{manifest}: not a shard manifest ({err})") from None
+        shards = ShardSet.load(shards_dir(config, workdir))
+    except ShardSetError as err:
+        raise RunError(
+            f"{path}: not found, and the run's shards cannot give its preprocessing ({err})"
+        ) from None
+    return dict(shards.plan), shards.n_channels
 
 
 def check_run(workdir: Path):

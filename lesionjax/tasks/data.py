@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 
 from lesionjax.core.errors import UserError
-from lesionjax.data.shards import ShardSet
+from lesionjax.data.shards import ShardSet, shards_dir
 from lesionjax.distributed import agree_on_error
 
 
@@ -30,14 +30,6 @@ def raw_dir(config, workdir: Path) -> Path:
     if d.raw_dir:
         return Path(d.raw_dir).expanduser()
     return Path(workdir) / "phantom"
-
-
-def shards_dir(config, workdir: Path) -> Path:
-    return (
-        Path(config.data.shards_dir).expanduser()
-        if config.data.shards_dir
-        else Path(workdir) / "shards"
-    )
 
 
 def build_config_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
