@@ -37,6 +37,15 @@ def mark_absl_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def prepare_command() -> None:
+    """What a command that parses its own arguments does before any work: absl flags marked
+    parsed (grain reads them) and absl logging at WARNING (Orbax logs every restore at INFO)."""
+    mark_absl_parsed()
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionjax.cli import mark_absl_parsed, run_command
+from lesionjax.cli import prepare_command, run_command
 from lesionjax.core.errors import UserError
 from lesionjax.core.windows import uint8_to_unit
 from lesionjax.eval.runs import RunError, check_run, load_config, load_model
@@ -74,8 +74,7 @@ class Run:
 def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     """Restores a run: config, shards, model state at ``step`` (default: the best checkpoint by
     validation Dice, or the latest when none has a validation score) and a predictor."""
-    from lesionjax.data.shards import ShardSet
-    from lesionjax.tasks.data import shards_dir
+    from lesionjax.data.shards import ShardSet, shards_dir
 
     config = check_run(Path(workdir))  # config and checkpoints before the shards
     shards = ShardSet.load(shards_dir(config, Path(workdir)))
@@ -331,9 +330,8 @@ def _add_missing_subtypes(results: Results) -> None:
     """Results written before per-volume subtypes existed: read them from the run's manifest."""
     if all("subtypes" in v for v in results.per_volume) or results.workdir is None:
         return
-    from lesionjax.data.shards import ShardSet
+    from lesionjax.data.shards import ShardSet, shards_dir
     from lesionjax.eval.evaluate_volumes import case_subtypes
-    from lesionjax.tasks.data import shards_dir
 
     try:
         shards = ShardSet.load(shards_dir(load_config(results.workdir), results.workdir))
@@ -541,10 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.compare and not args.out:
         parser.error("--compare needs --out OUTDIR")
-    mark_absl_parsed()
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    prepare_command()
 
     def body() -> int:
         from lesionjax.distributed import initialize_from_env

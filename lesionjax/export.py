@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionjax.cli import mark_absl_parsed, run_command
+from lesionjax.cli import prepare_command, run_command
 from lesionjax.core.errors import UserError
 
 FORMAT = "lesionjax-predictor"
@@ -54,8 +54,7 @@ def _in_plane_size(model) -> tuple[int, int]:
     size = model.plan.get("size")
     if size:
         return int(size[0]), int(size[1])
-    from lesionjax.data.shards import ShardSet
-    from lesionjax.tasks.data import shards_dir
+    from lesionjax.data.shards import ShardSet, shards_dir
 
     try:
         shards = ShardSet.load(shards_dir(model.config, model.workdir))
@@ -291,10 +290,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lesionjax.export`` and the ``lesionjax-export`` entry point."""
     args = _parser().parse_args(argv)
-    mark_absl_parsed()
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
+    prepare_command()
 
     def body() -> int:
         out = write_predictor_file(args.model, args.out, platforms=args.platforms)
