@@ -125,11 +125,16 @@ def deep_supervision_weights(n_aux: int) -> list[float]:
     return [x / sum(w) for x in w]
 
 
-def downsample_mask(target: jax.Array, factor: int) -> jax.Array:
-    """(B, H, W, C) {0, 1} -> (B, H/f, W/f, C): 1 where any pixel of the f x f block is 1 (a
-    max-pool: a lesion smaller than a block stays in the coarser target)."""
-    b, h, w, c = target.shape
-    return jnp.max(target.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
+def downsample_mask(target: jax.Array, factor: int | tuple[int, ...]) -> jax.Array:
+    """(B, *S, C) {0, 1} -> (B, *(S_i / f_i), C): 1 where any voxel of the block is 1 (a
+    max-pool: a lesion smaller than a block stays in the coarser target). ``factor``: one for
+    every spatial axis, or one per axis (3D U-Nets pool some axes and not others)."""
+    b, *spatial, c = target.shape
+    factors = (factor,) * len(spatial) if isinstance(factor, int) else tuple(factor)
+    shape = [b]
+    for n, f in zip(spatial, factors, strict=True):
+        shape += [n // f, f]
+    return jnp.max(target.reshape(*shape, c), axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
 def deep_supervision_loss(
@@ -144,9 +149,8 @@ def deep_supervision_loss(
     w = deep_supervision_weights(len(aux))
     total = w[0] * loss_fn(logits, target, weights)
     for wi, a in zip(w[1:], aux, strict=True):
-        total = total + wi * loss_fn(
-            a, downsample_mask(target, target.shape[1] // a.shape[1]), weights
-        )
+        factors = tuple(t // n for t, n in zip(target.shape[1:-1], a.shape[1:-1], strict=True))
+        total = total + wi * loss_fn(a, downsample_mask(target, factors), weights)
     return total
 
 

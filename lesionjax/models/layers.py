@@ -167,6 +167,9 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 class ConvNormAct(nnx.Module):
     """conv3x3 ('SAME', no bias) -> norm -> activation. x: (B, H, W, C_in) -> (B, H/s, W/s, C_out).
 
+    ``ndim=3``: the same with a 3x3x3 conv on (B, X, Y, Z, C) (InstanceNorm then normalizes each
+    sample and channel over the three spatial axes; BatchNorm over the batch and all three).
+
     norm: "batch" (BatchNorm, batch statistics in training, running averages in eval mode; with
     ReLU it runs the fused ``batch_norm_relu``) or "instance" (InstanceNorm: each sample and
     channel normalized over H and W, the same in training and eval, no running statistics).
@@ -179,9 +182,10 @@ class ConvNormAct(nnx.Module):
         in_features: int,
         out_features: int,
         *,
-        strides: int = 1,
+        strides: int | Sequence[int] = 1,
         norm: str = "batch",
         act: str = "relu",
+        ndim: int = 2,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -193,7 +197,7 @@ class ConvNormAct(nnx.Module):
         self.conv = nnx.Conv(
             in_features,
             out_features,
-            (3, 3),
+            (3,) * ndim,
             strides=strides,
             padding="SAME",
             use_bias=False,
@@ -237,7 +241,7 @@ def batch_norm(features: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Batc
 class DoubleConv(nnx.Module):
     """The baseline block: 2 x (conv3x3 + norm + activation), the first conv with ``strides``.
 
-    x: (B, H, W, C_in) -> (B, H/s, W/s, C_out). ``norm``/``act`` as ``ConvNormAct``.
+    x: (B, H, W, C_in) -> (B, H/s, W/s, C_out). ``norm``/``act``/``ndim`` as ``ConvNormAct``.
     """
 
     def __init__(
@@ -245,13 +249,14 @@ class DoubleConv(nnx.Module):
         in_features: int,
         out_features: int,
         *,
-        strides: int = 1,
+        strides: int | Sequence[int] = 1,
         norm: str = "batch",
         act: str = "relu",
+        ndim: int = 2,
         rngs: nnx.Rngs,
         **dt,
     ):
-        kw = dict(norm=norm, act=act, rngs=rngs, **dt)
+        kw = dict(norm=norm, act=act, ndim=ndim, rngs=rngs, **dt)
         self.first = ConvNormAct(in_features, out_features, strides=strides, **kw)
         self.second = ConvNormAct(out_features, out_features, **kw)
 

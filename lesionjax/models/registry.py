@@ -19,6 +19,7 @@ from lesionjax.core.errors import ConfigError
 from lesionjax.models.layers import ACTIVATIONS, DOWNSAMPLING, NORMS
 from lesionjax.models.resunet2d import ResUNet2D
 from lesionjax.models.unet2d import UNet2D
+from lesionjax.models.unet3d import UNet3D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "unet2d": ModelSpec(UNet2D, options=("norm", "activation", "downsample", "deep_supervision")),
     "resunet2d": ModelSpec(ResUNet2D, options=("dropout",)),
+    "unet3d": ModelSpec(UNet3D, options=("norm", "activation", "deep_supervision", "pools")),
 }
 
 
@@ -44,6 +46,7 @@ OPTIONS = {
     "downsample": (DOWNSAMPLING, "maxpool"),
     "deep_supervision": ((False, True), False),
     "dropout": (None, 0.5),
+    "pools": (None, None),  # 3D: per-level pool strides (from the 3D plan); None: 2, 2, 2
 }
 
 
