@@ -173,7 +173,12 @@ def assign_folds(entries: Sequence[dict], n_folds: int, seed: int) -> dict[str, 
 
 
 def build_manifest(
-    entries: Sequence[dict], plan: PreprocessingPlan, n_folds: int, seed: int, out_dir: Path
+    entries: Sequence[dict],
+    plan: PreprocessingPlan,
+    n_folds: int,
+    seed: int,
+    out_dir: Path,
+    folds: Mapping[str, int] | None = None,
 ) -> dict:
     entries = sorted(entries, key=lambda e: e["case_id"])
     counts = {e["channels"] for e in entries}
@@ -183,7 +188,10 @@ def build_manifest(
             f"{out_dir}: the volumes have different numbers of input channels {by_count}; a "
             "dataset must give every case the same input images"
         )
-    folds = assign_folds(entries, n_folds, seed)
+    assigned = assign_folds(entries, n_folds, seed)
+    if folds is not None:  # another shard set's folds (the cascade's stages share theirs)
+        assigned.update({k: v for k, v in folds.items() if k in assigned})
+    folds = assigned
     offset = 0
     volumes = []
     for e in entries:
@@ -222,12 +230,15 @@ def build_shards(
     workers: int = 1,
     progress: bool = True,
     reader_problems: Sequence[dict] = (),
+    folds: Mapping[str, int] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Builds (or completes) the shard folder with ``plan``. Returns (manifest, skipped cases).
 
     reader_problems: problems the layout reader found ({case_id, file, error}), reported with
-    the build's own skips. ``plan`` may be None only when there is no case (the reader found
-    problems alone): they are reported and the build fails.
+    the build's own skips. folds: case id -> fold to use instead of assigning them (the 3D
+    cascade's stages share the folds of the full-resolution set). ``plan`` may be None only
+    when there is no case (the reader found problems alone): they are reported and the build
+    fails.
     """
     if plan is None and cases:
         raise ValueError("build_shards: a plan is needed to build cases")
@@ -306,7 +317,7 @@ def build_shards(
             f"{out_dir}: no case could be built ({len(skipped)} skipped, listed in "
             f"{out_dir / SKIPPED})"
         )
-    manifest = build_manifest(entries, plan, n_folds, seed, out_dir)
+    manifest = build_manifest(entries, plan, n_folds, seed, out_dir, folds)
     atomic_write_json(out_dir / MANIFEST, manifest)
     skipped_path = out_dir / SKIPPED
     if skipped:
@@ -333,6 +344,7 @@ def build_cases(
     workers: int = 1,
     progress: bool = True,
     reader_problems: Sequence[dict] = (),
+    folds: Mapping[str, int] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Builds ``cases`` of ``dataset`` into ``out`` with the plan ``options`` resolve to (see
     ``data_prep.plan.plan_options``). Returns (manifest, skipped)."""
@@ -346,6 +358,7 @@ def build_cases(
         workers=workers,
         progress=progress,
         reader_problems=reader_problems,
+        folds=folds,
     )
 
 
@@ -435,6 +448,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--normalize-method", choices=("percentile", "zscore"), default=None, help="MRI scheme"
     )
+    parser.add_argument(
+        "--layout",
+        choices=("2d", "3d"),
+        default=None,
+        help="2d: slices for the 2D models (default); 3d: the 3D plan and one shard set per "
+        "cascade stage (data_prep.build3d)",
+    )
+    parser.add_argument(
+        "--memory-gb", type=float, default=None, help="3d: accelerator memory budget (default 8)"
+    )
+    parser.add_argument(
+        "--min-lowres-factor",
+        type=float,
+        default=None,
+        help="3d: stage 1 at least this much coarser than full resolution (default 1: "
+        "nnU-Net's rule alone)",
+    )
     parser.add_argument("--folds", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
@@ -483,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.update(plan_options({k: v for k, v in given.items() if v is not None}))
     if args.size == 0:  # an explicit 0 keeps the scan's size over a config's size
         options.pop("size", None)
+    if pick(args.layout, "layout", "2d") == "3d":
+        return _main_3d(args, d, pick, dataset, src, out, options)
     try:
         manifest, skipped = build_dataset(
             dataset,
@@ -504,6 +536,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if skipped:
         print(f"{len(skipped)} case(s) skipped, listed in {out / SKIPPED}", file=sys.stderr)
+        allow = args.allow_skips or (d is not None and d.get("allow_skips", False))
+        return 0 if allow else 1
+    return 0
+
+
+def _main_3d(args, d, pick, dataset: str, src: Path, out: Path, options: dict) -> int:
+    from data_prep.build3d import PLANS, build_3d, stage_dir
+
+    try:
+        plan, manifests, skipped = build_3d(
+            dataset,
+            src,
+            out,
+            options,
+            memory_gb=pick(args.memory_gb, "memory_gb", 8.0),
+            min_lowres_factor=pick(args.min_lowres_factor, "min_lowres_factor", 1.0),
+            n_folds=pick(args.folds, "n_folds", 5),
+            seed=pick(args.seed, "fold_seed", 0),
+            workers=pick(args.workers, "prep_workers", min(4, os.cpu_count() or 1)),
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, NotADirectoryError, ValueError, UserError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{out / PLANS}: 3D plan")
+    for stage, manifest in manifests.items():
+        s = plan["stages"][stage]
+        c = manifest["counts"]
+        print(
+            f"{stage_dir(out, stage) / MANIFEST}: {c['volumes']} volumes at "
+            f"{'x'.join(f'{v:.2f}' for v in s['spacing'])} mm, patch "
+            f"{'x'.join(map(str, s['patch']))}, batch {s['batch_size']}"
+        )
+    if skipped:
+        print(f"{len(skipped)} case(s) skipped, listed in each stage's {SKIPPED}", file=sys.stderr)
         allow = args.allow_skips or (d is not None and d.get("allow_skips", False))
         return 0 if allow else 1
     return 0
