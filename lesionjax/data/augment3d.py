@@ -50,6 +50,9 @@ class Augment3DConfig:
     contrast: tuple[float, float] = (0.75, 1.25)
     p_gamma: float = 0.3
     gamma: tuple[float, float] = (0.7, 1.5)
+    # Intensity transforms touch the first n channels only (None: all): stage 2 of the cascade
+    # appends stage 1's probabilities as a channel, which must stay probabilities.
+    intensity_channels: int | None = None
 
 
 def patch_read_size(final: Sequence[int], cfg: Augment3DConfig) -> tuple[int, int, int]:
@@ -98,7 +101,7 @@ def _rotation(axis: int, angle: jax.Array) -> jax.Array:
 def random_spatial(key: jax.Array, cfg: Augment3DConfig) -> tuple[jax.Array, jax.Array]:
     """(matrix (3, 3) taking output offsets to input offsets, mirror flags (3,) bool)."""
     k_r, k_rp, k_s, k_sp, k_m = jax.random.split(key, 5)
-    rotate = jax.random.bernoulli(k_rp, cfg.p_rotate)
+    rotate = jax.random.bernoulli(k_rp, float(cfg.p_rotate))
     if cfg.axial_only:
         angle = jax.random.uniform(k_r, (), minval=-math.pi, maxval=math.pi)
         rotation = _rotation(2, jnp.where(rotate, angle, 0.0))
@@ -108,7 +111,7 @@ def random_spatial(key: jax.Array, cfg: Augment3DConfig) -> tuple[jax.Array, jax
         angles = jnp.where(rotate, angles, 0.0)
         rotation = _rotation(0, angles[0]) @ _rotation(1, angles[1]) @ _rotation(2, angles[2])
     factor = jax.random.uniform(k_s, (), minval=cfg.scale[0], maxval=cfg.scale[1])
-    factor = jnp.where(jax.random.bernoulli(k_sp, cfg.p_scale), factor, 1.0)
+    factor = jnp.where(jax.random.bernoulli(k_sp, float(cfg.p_scale)), factor, 1.0)
     # Output offset d shows the input at rotation^T @ d / factor: zoom in for factor > 1.
     matrix = rotation.T / factor
     mirror = jax.random.bernoulli(k_m, 0.5, (3,))
@@ -151,7 +154,7 @@ def random_intensity(key: jax.Array, image: jax.Array, cfg: Augment3DConfig) -> 
         return jax.random.uniform(k, (), minval=bounds[0], maxval=bounds[1])
 
     def maybe(k, p, value, identity):
-        return jnp.where(jax.random.bernoulli(k, p), value, identity)
+        return jnp.where(jax.random.bernoulli(k, float(p)), value, identity)
 
     variance = maybe(keys[0], cfg.p_noise, uniform(keys[1], (0.0, cfg.noise_variance)), 0.0)
     image = image + jnp.sqrt(variance) * jax.random.normal(keys[2], image.shape)
@@ -176,7 +179,9 @@ def augment_example3d(key, image, mask, final: Sequence[int], cfg: Augment3DConf
     matrix, flags = random_spatial(k_s, cfg)
     image = mirror(warp3d(image, matrix, final, order=1), flags)
     mask = mirror(warp3d(mask, matrix, final, order=0), flags)
-    return random_intensity(k_i, image, cfg), mask
+    n = image.shape[-1] if cfg.intensity_channels is None else cfg.intensity_channels
+    jittered = random_intensity(k_i, image[..., :n], cfg)
+    return jnp.concatenate([jittered, image[..., n:]], axis=-1), mask
 
 
 def make_augment3d_fn(final: Sequence[int], cfg: Augment3DConfig | None):
