@@ -44,26 +44,34 @@ def start_bounds(shape: int, size: int, final: int) -> tuple[int, int]:
     return lo, hi
 
 
-def read_patch(source, volume: dict, start: Sequence[int], size: Sequence[int]) -> dict:
+def read_patch(
+    source, volume: dict, start: Sequence[int], size: Sequence[int], prior: np.ndarray | None = None
+) -> dict:
     """The patch of ``size`` at ``start`` (voxels, may lie partly outside) of one volume.
 
-    source: the shard set's record source; volume: its manifest entry. Returns {"image":
-    (X, Y, Z, C) uint8, "mask": (X, Y, Z, 1) uint8}, zero outside the volume.
+    source: the shard set's record source; volume: its manifest entry; prior: the volume's
+    stage-1 probabilities (X, Y, Z) uint8 (memory-mapped), appended as the last channel.
+    Returns {"image": (X, Y, Z, C) uint8, "mask": (X, Y, Z, 1) uint8}, zero outside the volume.
     """
     nx, ny, nz = volume["shard_shape"][:3]
     sx, sy, sz = (int(s) for s in size)
     x0, y0, z0 = (int(s) for s in start)
     channels = int(volume["channels"])
-    image = np.zeros((sx, sy, sz, channels), np.uint8)
+    image = np.zeros((sx, sy, sz, channels + (prior is not None)), np.uint8)
     mask = np.zeros((sx, sy, sz, 1), np.uint8)
     xa, xb = max(x0, 0), min(x0 + sx, nx)
     ya, yb = max(y0, 0), min(y0 + sy, ny)
     if xa >= xb or ya >= yb:
         return {"image": image, "mask": mask}
-    for z in range(max(z0, 0), min(z0 + sz, nz)):
+    za, zb = max(z0, 0), min(z0 + sz, nz)
+    for z in range(za, zb):
         rec = records.decode_record(source[volume["record_offset"] + z])
-        image[xa - x0 : xb - x0, ya - y0 : yb - y0, z - z0] = rec["image"][xa:xb, ya:yb]
+        image[xa - x0 : xb - x0, ya - y0 : yb - y0, z - z0, :channels] = rec["image"][xa:xb, ya:yb]
         mask[xa - x0 : xb - x0, ya - y0 : yb - y0, z - z0, 0] = rec["mask"][xa:xb, ya:yb]
+    if prior is not None and za < zb:
+        image[xa - x0 : xb - x0, ya - y0 : yb - y0, za - z0 : zb - z0, channels] = prior[
+            xa:xb, ya:yb, za:zb
+        ]
     return {"image": image, "mask": mask}
 
 
@@ -135,7 +143,8 @@ class PatchSampler:
         rng = np.random.default_rng([self.seed, int(index)])
         forced = self.forced(int(index))
         start = self.choose_start(rng, v, forced)
-        patch = read_patch(self.source, v, start, self.size)
+        prior = self.shards.prior(v["case_id"]) if hasattr(self.shards, "prior") else None
+        patch = read_patch(self.source, v, start, self.size, prior)
         patch["weight"] = np.float32(1.0)
         patch["index"] = np.int64(position)
         patch["start"] = start.astype(np.int64)

@@ -103,12 +103,18 @@ class RunState:
 
 
 def build_run_state(
-    config, in_channels: int, *, steps_per_epoch: int = 1, mesh: Mesh | None = None
+    config,
+    in_channels: int,
+    *,
+    steps_per_epoch: int = 1,
+    total_steps: int | None = None,
+    mesh: Mesh | None = None,
 ) -> RunState:
     """The run state of ``config`` for ``in_channels`` input channels.
 
-    steps_per_epoch sets the learning-rate schedule (per-epoch decay); it does not change the
-    optimizer state's structure, so evaluation passes the default.
+    steps_per_epoch and total_steps set the learning-rate schedule (per-epoch decay, or the
+    polynomial decay to 0 at the last step); they do not change the optimizer state's
+    structure, so evaluation passes the defaults.
     """
     check_model_config(config.model)
     mesh = mesh if mesh is not None else make_mesh()
@@ -117,6 +123,8 @@ def build_run_state(
         steps_per_epoch,
         decay_rate=config.optim.decay_rate,
         weight_decay=config.optim.weight_decay,
+        schedule=config.optim.get("schedule", "exponential"),
+        total_steps=total_steps or steps_per_epoch * config.train.epochs,
     )
 
     def model_fn(rngs: nnx.Rngs) -> nnx.Module:

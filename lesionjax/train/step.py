@@ -199,8 +199,13 @@ def make_optimizer(
     *,
     decay_rate: float = 0.96,
     weight_decay: float = 1e-6,
+    schedule: str = "exponential",
+    total_steps: int | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adam with lr decayed by ``decay_rate`` per epoch (staircase) and coupled L2; (tx, schedule).
+
+    ``schedule="poly"``: nnU-Net's polynomial decay instead, lr * (1 - step / total_steps)^0.9,
+    reaching 0 at ``total_steps`` (the 3D cascade's configs).
 
     The L2 term is the classic coupled one, ``grad += weight_decay * param`` before Adam's moment
     estimates (``add_decayed_weights`` before ``scale_by_adam``), which is what the papers' Keras
@@ -212,15 +217,24 @@ def make_optimizer(
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch {steps_per_epoch}: expected >= 1")
-    schedule = optax.exponential_decay(
-        init_value=learning_rate,
-        transition_steps=steps_per_epoch,
-        decay_rate=decay_rate,
-        staircase=True,
-    )
+    if schedule == "exponential":
+        lr_schedule = optax.exponential_decay(
+            init_value=learning_rate,
+            transition_steps=steps_per_epoch,
+            decay_rate=decay_rate,
+            staircase=True,
+        )
+    elif schedule == "poly":
+        if not total_steps or total_steps < 1:
+            raise ValueError(f"poly schedule: total_steps {total_steps}: expected >= 1")
+        lr_schedule = optax.polynomial_schedule(
+            init_value=learning_rate, end_value=0.0, power=0.9, transition_steps=total_steps
+        )
+    else:
+        raise ValueError(f"optim.schedule={schedule!r}: expected 'exponential' or 'poly'")
     tx = optax.chain(
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_adam(),
-        optax.scale_by_learning_rate(schedule),
+        optax.scale_by_learning_rate(lr_schedule),
     )
-    return tx, schedule
+    return tx, lr_schedule

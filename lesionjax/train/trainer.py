@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lesionjax.core.errors import ConfigError, UserError
-from lesionjax.data import augment as augment_lib
-from lesionjax.data import pipeline, sampling
+from lesionjax.data import pipeline
 from lesionjax.data.shards import ShardSet
 from lesionjax.eval.evaluate_volumes import evaluate_cases
 from lesionjax.eval.inference import VolumePredictor
 from lesionjax.losses import get_loss
+from lesionjax.train import inputs as inputs_lib
 from lesionjax.train import state as state_lib
 from lesionjax.train import step as step_lib
 
@@ -39,23 +39,9 @@ class TrainResult:
     """The state to evaluate (the best checkpoint's, or the last), and where it came from."""
 
     state: step_lib.TrainState
-    predictor: VolumePredictor
+    predictor: VolumePredictor  # or a SlidingWindowPredictor (3D): both have predict_volume
     checkpoint_step: int
     best_val_dice: float | None
-
-
-def augment_config(config) -> augment_lib.AugmentConfig:
-    a = config.augment
-    return augment_lib.AugmentConfig(
-        translate=a.translate,
-        rotate_deg=a.rotate_deg,
-        scale=tuple(a.scale),
-        flip_prob=a.flip_prob,
-        enabled=a.enabled,
-        brightness=tuple(a.brightness),
-        contrast=tuple(a.contrast),
-        gamma=tuple(a.gamma),
-    )
 
 
 class MetricsLog:
@@ -209,39 +195,18 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             f"train.batch_size={tcfg.batch_size}: must be divisible by the {jax.device_count()} "
             "devices (each device takes an equal share of the batch)"
         )
-    dcfg = config.data
-    indices, weights = sampling.sample_training_slices(
-        shards,
-        split["train"],
-        dcfg.policy,
-        normal_ratio=dcfg.normal_ratio,
-        normal_weight=dcfg.normal_weight,
-        seed=config.seed,
-    )
-    steps_per_epoch = len(indices) // tcfg.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"{shards.root / 'manifest.json'}: {len(indices)} training slices (data.policy="
-            f"{dcfg.policy!r}, {len(split['train'])} volumes) is less than one batch of "
-            f"train.batch_size={tcfg.batch_size}; lower the batch size or add data"
-        )
+    inputs = inputs_lib.train_input(config, shards, split)
+    steps_per_epoch = inputs.steps_per_epoch
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.get("max_steps", -1) > 0:
         total_steps = min(total_steps, tcfg.max_steps)
-    dataset = pipeline.make_train_dataset(
-        shards,
-        indices,
-        weights,
-        global_batch=tcfg.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        worker_count=dcfg.get("grain_workers", 0),
-    )
+    dataset = inputs.dataset
     data_iter = iter(dataset)
 
     # ---------------------------------------------------------------- state and jitted steps
-    run = state_lib.build_run_state(config, shards.n_channels, steps_per_epoch=steps_per_epoch)
+    run = state_lib.build_run_state(
+        config, shards.n_channels, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     loss_fn = get_loss(config.loss)
     train_step = jax.jit(
@@ -249,7 +214,7 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             run.graphdef,
             run.tx,
             loss_fn,
-            augment_fn=augment_lib.make_augment_fn(augment_config(config)),
+            augment_fn=inputs.augment_fn,
         ),
         in_shardings=(run.state_sharding, run.batch_sharding, run.replicated),
         out_shardings=(run.state_sharding, run.replicated),
@@ -261,7 +226,7 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
         in_shardings=(run.state_sharding, run.batch_sharding),
         out_shardings=run.state_sharding.model_state,
     )
-    to_unit = augment_lib.make_augment_fn(None)  # uint8 -> [0, 1], no augmentation
+    to_unit = inputs.to_unit  # uint8 -> [0, 1], no augmentation
 
     def device_batch(local: dict) -> dict:
         """This process's host batch -> global arrays (the host-only "index" stays behind)."""
@@ -288,9 +253,7 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             return state
         return precise_bn_statistics(batch_stats, state, next_images(precise_bn_batches))
 
-    predictor = VolumePredictor(
-        run.predict_fn(), run.mesh, run.state_sharding, batch_size=config.eval.batch_size
-    )
+    predictor = inputs.make_predictor(run, config.eval.batch_size)
 
     # ---------------------------------------------------------------- checkpoints / resume
     ckpt_dir = state_lib.checkpoint_dir(workdir)
