@@ -115,3 +115,67 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # against the original mask file (physical units there); False: on the shard grid.
     c.eval.native = True
     return c
+
+
+def cascade3d_config() -> ml_collections.ConfigDict:
+    """The 3D cascade U-Net's defaults (INSTANCE 2022 paper, built on nnU-Net): the 2D defaults'
+    data and evaluation sections, a 3D plan, patches, the 3D U-Net and nnU-Net's augmentation.
+
+    Values left empty (``data.patch``, ``model.features``, ``model.pools``, ``train.batch_size
+    = 0``) are taken from the 3D plan of each stage (``plans3d.json``)."""
+    c = segmentation_config()
+    c.name = "cascade3d"
+    c.task = "cascade3d"
+    c.data.layout = "3d"
+    c.data.windows = ("brain", "subdural", "wide")  # the paper's three windows
+    c.data.memory_gb = 8.0  # the plan's accelerator memory budget (nnU-Net: 8 GB)
+    c.data.min_lowres_factor = 2.0  # stage 1 at least 2x coarser (nnU-Net may plan none)
+    c.data.patch = ()  # final patch (X, Y, Z); (): the plan's
+    c.data.fg_fraction = 1.0 / 3.0  # nnU-Net's foreground oversampling
+    c.data.n_folds = 6  # folds 0-4: cross-validation; fold 5: the held-out test set
+    c.data.test_fold = 5
+    c.data.val_fold = -1  # each CV fold validates on its own held-out fold
+
+    c.cascade = ml_collections.ConfigDict()
+    c.cascade.stages = ("lowres", "fullres")  # stage 1, then stage 2 (with stage 1's output)
+    c.cascade.cv_folds = (0, 1, 2, 3, 4)
+    c.cascade.ensemble_size = 3  # the best folds by out-of-fold Dice, averaged
+    c.cascade.evaluate_folds_on_test = True  # each fold model on the test set too (Table 1)
+
+    c.model.name = "unet3d"
+    c.model.features = ()  # (): the plan's (32 doubling, capped at 320)
+    c.model.pools = ()  # (): the plan's per-axis pooling
+    c.model.norm = "instance"
+    c.model.activation = "leaky_relu"
+    c.model.deep_supervision = True
+    c.loss = "dice_bce"  # the paper: Dice + BCE
+    c.optim.lr = 0.01  # the paper: Adam, lr 0.01
+    c.optim.schedule = "poly"  # nnU-Net's (1 - step / total)^0.9
+    c.optim.weight_decay = 3e-5  # nnU-Net's
+    c.train.batch_size = 0  # 0: the plan's
+    c.train.epochs = 1000  # nnU-Net: 1000 epochs of 250 steps
+    c.train.steps_per_epoch = 250
+    c.train.log_every = 50
+
+    c.augment3d = ml_collections.ConfigDict()
+    c.augment3d.enabled = True
+    c.augment3d.p_rotate = 0.2
+    c.augment3d.rotate_deg = 30.0
+    c.augment3d.axial_only = -1  # -1: the plan's rotate_axial_only; 0 / 1: off / on
+    c.augment3d.p_scale = 0.2
+    c.augment3d.scale = (0.7, 1.4)
+    c.augment3d.mirror_axes = (0, 1, 2)
+    c.augment3d.p_noise = 0.1
+    c.augment3d.noise_variance = 0.1 / 16.0
+    c.augment3d.p_brightness = 0.15
+    c.augment3d.brightness = (0.75, 1.25)
+    c.augment3d.p_contrast = 0.15
+    c.augment3d.contrast = (0.75, 1.25)
+    c.augment3d.p_gamma = 0.3
+    c.augment3d.gamma = (0.7, 1.5)
+
+    c.eval.batch_size = 2  # sliding windows per device batch
+    c.eval.window_step = 0.5
+    c.eval.mirror_axes = (0, 1, 2)  # TTA of the final evaluation (() for none)
+    c.eval.n_overlays = 2
+    return c

@@ -39,7 +39,7 @@ def main(argv) -> int:
         if jax.process_index() == 0:
             print(format_result(summary))
             print(f"report: {summary['report']}")
-            print(f"summary: {workdir / 'eval' / 'summary.json'}")
+            print(f"summary: {summary.get('summary_path', workdir / 'eval' / 'summary.json')}")
         return 0
 
     return run_command(body)

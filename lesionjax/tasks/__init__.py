@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from lesionjax.core.errors import ConfigError
+from lesionjax.tasks.cascade3d import run_cascade
 from lesionjax.tasks.segment2d import run_segmentation
 
-TASKS = {"segment2d": run_segmentation}
+TASKS = {"segment2d": run_segmentation, "cascade3d": run_cascade}
 
 
 def run_task(config, workdir: Path) -> dict:

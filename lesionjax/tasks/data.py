@@ -32,12 +32,8 @@ def raw_dir(config, workdir: Path) -> Path:
     return Path(workdir) / "phantom"
 
 
-def build_config_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
-    """Generates the phantom set if the config asks for it and it is absent, builds the shards
-    (reusing valid ones) and returns the loaded ShardSet. Runs on one process."""
-    from data_prep.build_shards import SKIPPED, build_dataset
-    from data_prep.plan import plan_options
-
+def raw_source(config, workdir: Path, *, progress: bool = True) -> Path:
+    """The dataset folder of a config: the phantom set, generated when absent, or the user's."""
     d = config.data
     src = raw_dir(config, workdir)
     if d.source == "phantom":
@@ -56,6 +52,17 @@ def build_config_shards(config, workdir: Path, *, progress: bool = True) -> Shar
         )
     elif not src.exists():
         raise DataNotFoundError(d.get("missing_hint", "") or f"{src}: dataset folder not found")
+    return src
+
+
+def build_config_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
+    """Generates the phantom set if the config asks for it and it is absent, builds the shards
+    (reusing valid ones) and returns the loaded ShardSet. Runs on one process."""
+    from data_prep.build_shards import SKIPPED, build_dataset
+    from data_prep.plan import plan_options
+
+    d = config.data
+    src = raw_source(config, workdir, progress=progress)
     out = shards_dir(config, workdir)
     try:
         _, skipped = build_dataset(
@@ -95,3 +102,58 @@ def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
     if error is not None:
         raise DataPreparationError(error)
     return shards if shards is not None else ShardSet.load(shards_dir(config, workdir))
+
+
+def build_config_3d(config, workdir: Path, *, progress: bool = True) -> dict:
+    """The 3D counterpart of ``build_config_shards``: the plan and one shard set per cascade
+    stage in ``shards_dir`` (``data_prep.build_shards.build_3d``). Returns the plan."""
+    from data_prep.build_shards import SKIPPED, build_3d
+    from data_prep.plan import plan_options
+
+    d = config.data
+    src = raw_source(config, workdir, progress=progress)
+    out = shards_dir(config, workdir)
+    try:
+        plan, _, skipped = build_3d(
+            d.dataset,
+            src,
+            out,
+            plan_options(d),
+            memory_gb=d.memory_gb,
+            min_lowres_factor=d.min_lowres_factor,
+            n_folds=d.n_folds,
+            seed=d.fold_seed,
+            workers=d.prep_workers,
+            progress=progress,
+        )
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        raise DataPreparationError(str(err)) from None
+    if skipped and not d.get("allow_skips", False):
+        raise DataPreparationError(
+            f"{out}: {len(skipped)} case(s) could not be read (each named above, listed in each "
+            f"stage's {SKIPPED}); fix or remove them, or set --config.data.allow_skips=True"
+        )
+    return plan
+
+
+def prepare_3d(config, workdir: Path, *, progress: bool = True) -> tuple[dict, dict[str, ShardSet]]:
+    """The 3D plan and each stage's ShardSet on every process (built on process 0)."""
+    import json
+
+    error, unexpected = None, None
+    if jax.process_index() == 0:
+        try:
+            build_config_3d(config, workdir, progress=progress)
+        except UserError as err:
+            error = str(err)
+        except Exception as err:
+            error, unexpected = f"{type(err).__name__} while building shards: {err}", err
+    error = agree_on_error(error, "shards3d-ready")
+    if unexpected is not None:
+        raise unexpected
+    if error is not None:
+        raise DataPreparationError(error)
+    out = shards_dir(config, workdir)
+    plan = json.loads((out / "plans3d.json").read_text())
+    stages = {name: ShardSet.load(out / f"3d_{name}") for name in plan["stages"]}
+    return plan, stages
