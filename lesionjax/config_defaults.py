@@ -139,6 +139,9 @@ def cascade3d_config() -> ml_collections.ConfigDict:
     c.cascade = ml_collections.ConfigDict()
     c.cascade.stages = ("lowres", "fullres")  # stage 1, then stage 2 (with stage 1's output)
     c.cascade.cv_folds = (0, 1, 2, 3, 4)
+    # Folds to train now (() = all), as nnU-Net trains one fold per call; a later stage needs
+    # every fold of the one before it (its out-of-fold priors).
+    c.cascade.run_folds = ()
     c.cascade.ensemble_size = 3  # the best folds by out-of-fold Dice, averaged
     c.cascade.evaluate_folds_on_test = True  # each fold model on the test set too (Table 1)
 

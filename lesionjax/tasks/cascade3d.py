@@ -188,6 +188,14 @@ def run_cascade(config, workdir: Path) -> dict:
     test_fold = int(config.data.test_fold)
     if test_fold in cv_folds:
         raise ConfigError(f"data.test_fold={test_fold} is one of cascade.cv_folds {cv_folds}")
+    run_folds = tuple(int(f) for f in config.cascade.get("run_folds", ())) or cv_folds
+    if set(run_folds) - set(cv_folds):
+        raise ConfigError(f"cascade.run_folds={run_folds}: not all in cascade.cv_folds {cv_folds}")
+    if len(stages) > 1 and set(run_folds) != set(cv_folds):
+        raise ConfigError(
+            f"cascade.run_folds={run_folds}: stage 2 needs stage 1's out-of-fold predictions "
+            f"from every fold of {cv_folds} (run a subset with one stage only)"
+        )
     rows: list[dict] = []
     prior_dir: Path | None = None
     ensemble_summary: dict = {}
@@ -201,7 +209,7 @@ def run_cascade(config, workdir: Path) -> dict:
         next_priors = stage_dir / "priors" if next_set is not None else None
         members = []
         eval_pred = None
-        for fold in cv_folds:
+        for fold in run_folds:
             split = fold_split(shards, fold, cv_folds, test_fold)
             if not split["train"] or not split["val"]:
                 raise ConfigError(f"fold {fold}: no training or validation volumes ({split})")
