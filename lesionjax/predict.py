@@ -248,7 +248,7 @@ def dataset_scans(name: str, path: Path) -> tuple[list[Scan], list[str]]:
 def load_models(run_dirs: Sequence[str], *, step: int | None = None) -> list:
     """Restores every run; they must share their input channels (one preprocessing each is
     allowed: a scan is prepared once per distinct plan)."""
-    from lesionjax.eval.runs import load_model
+    from lesionjax.eval.runs import is_cascade, load_cascade, load_model
     from lesionjax.export import SUFFIX, load_predictor_file
 
     models = []
@@ -257,6 +257,8 @@ def load_models(run_dirs: Sequence[str], *, step: int | None = None) -> list:
             if not Path(d).is_file():
                 raise PredictError(f"{d}: no such predictor file")
             models += load_predictor_file(d)
+        elif is_cascade(d):  # a 3D cascade: its stages, each its fold models
+            models.append(load_cascade(d))
         else:
             models.append(load_model(d, step=step))
     modalities = {m.plan.get("modality") for m in models}
@@ -278,6 +280,10 @@ def model_groups(
     models = load_models(run_dirs, step=step)
     by_plan: dict[str, tuple[object, list]] = {}
     for m in models:
+        if hasattr(m, "predict_prepared"):  # a cascade: one plan per stage, a group of its own
+            plans = tuple(PreprocessingPlan.from_dict(p) for p in m.plans)
+            by_plan[f"cascade:{m.workdir}"] = (plans, [m])
+            continue
         try:
             plan = PreprocessingPlan.from_dict(m.plan)
         except (UserError, TypeError, KeyError) as err:
@@ -380,7 +386,11 @@ def predict_scan(
     total, weight, first = None, 0, None
     for (_, members), volume in zip(groups, prepared, strict=True):
         t = time.perf_counter()
-        probs = ensemble_probabilities(members, volume.channels, tta=tta)
+        if isinstance(volume, list):  # a cascade: the scan on each stage's grid, the last one's out
+            probs = members[0].predict_prepared([v.channels for v in volume], tta=tta)
+            volume = volume[-1]
+        else:
+            probs = ensemble_probabilities(members, volume.channels, tta=tta)
         seconds["predict"] += time.perf_counter() - t
         t = time.perf_counter()
         native = volume.grid.to_native(probs, order=1, fill=0.0).astype(np.float32)
@@ -441,10 +451,16 @@ def _timed_prepare(scan: Scan, plans: Sequence) -> tuple[list, float]:
 
 
 def prepare_scan(scan: Scan, plans: Sequence) -> list:
-    """The scan read and preprocessed for each plan (``data_prep.preprocess.preprocess_case``)."""
+    """The scan read and preprocessed for each plan (``data_prep.preprocess.preprocess_case``);
+    a tuple of plans (a cascade's stages) gives a list of prepared volumes, one per stage."""
     from data_prep.preprocess import preprocess_case
 
-    return [preprocess_case(scan.files, plan) for plan in plans]
+    return [
+        [preprocess_case(scan.files, p) for p in plan]
+        if isinstance(plan, tuple)
+        else preprocess_case(scan.files, plan)
+        for plan in plans
+    ]
 
 
 # ------------------------------------------------------------------------------ the command

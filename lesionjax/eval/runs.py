@@ -17,6 +17,7 @@ from lesionjax.core.atomic import atomic_write_json
 from lesionjax.core.errors import UserError
 
 PREPROCESSING_FILE = "preprocessing.json"
+CASCADE_FILE = "cascade.json"
 
 
 class RunError(UserError):
@@ -94,7 +95,12 @@ def check_run(workdir: Path):
     from lesionjax.train import state as state_lib
 
     config = load_config(workdir)
-    if config.task != "segment2d":
+    if config.task == "cascade3d" and (Path(workdir) / CASCADE_FILE).is_file():
+        raise RunError(
+            f"{Path(workdir)}: a 3D cascade's top folder (load it with load_cascade; its fold "
+            "folders are single models)"
+        )
+    if config.task not in ("segment2d", "cascade3d"):
         raise RunError(f"{Path(workdir) / 'config.json'}: task {config.task!r} cannot predict")
     if not state_lib.saved_steps(workdir):
         raise RunError(
@@ -132,12 +138,24 @@ def load_model(
         state = state_lib.restore_state(manager, step, run_state)
     finally:
         manager.close()
-    predictor = VolumePredictor(
-        run_state.predict_fn(),
-        run_state.mesh,
-        run_state.state_sharding,
-        batch_size=batch_size or config.eval.batch_size,
-    )
+    if config.data.get("layout", "2d") == "3d":
+        from lesionjax.eval.sliding_window import SlidingWindowPredictor
+
+        predictor = SlidingWindowPredictor(
+            run_state.predict_fn(),
+            run_state.mesh,
+            run_state.state_sharding,
+            tuple(config.data.patch),
+            batch_size=batch_size or config.eval.batch_size,
+            step=config.eval.window_step,
+        )
+    else:
+        predictor = VolumePredictor(
+            run_state.predict_fn(),
+            run_state.mesh,
+            run_state.state_sharding,
+            batch_size=batch_size or config.eval.batch_size,
+        )
     return Model(
         workdir=workdir,
         config=config,
@@ -149,3 +167,76 @@ def load_model(
         run_state=run_state,
         predictor=predictor,
     )
+
+
+@dataclasses.dataclass
+class CascadeModel:
+    """A trained 3D cascade (``lesionjax.tasks.cascade3d``): per stage its plan (the stage's
+    shard plan) and the models that predict with it. Every stage but the last predicts with
+    all its fold models (their mean is the next stage's prior, as for the held-out cases in
+    training); the last stage with its ensemble's members."""
+
+    workdir: Path
+    config: object
+    stages: list[str]
+    plans: list[dict]
+    members: list[list[Model]]
+
+    @property
+    def plan(self) -> dict:
+        return self.plans[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.members[-1][0].channels
+
+    step = None
+    best_val_dice = None
+
+    def predict_prepared(self, volumes, *, tta: bool = False):
+        """volumes: per stage, the scan's channels (X, Y, Z, C) uint8 on that stage's grid ->
+        probabilities (X, Y, Z) on the last stage's grid."""
+        import numpy as np
+
+        from lesionjax.core.geometry import zoom_to_shape
+        from lesionjax.eval.ensemble import ensemble_probabilities
+
+        prior = None
+        for channels, members in zip(volumes, self.members, strict=True):
+            if prior is not None:
+                prior = zoom_to_shape(prior, channels.shape[:3], order=1)
+                q = np.clip(np.rint(prior * 255.0), 0, 255).astype(np.uint8)[..., None]
+                channels = np.concatenate([channels, q], axis=-1)
+            prior = ensemble_probabilities(members, channels, tta=tta)
+        return prior
+
+
+def load_cascade(workdir: str | Path, *, mesh=None) -> CascadeModel:
+    """Restores a trained 3D cascade from its top folder (``cascade.json`` + stage folders)."""
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    path = workdir / CASCADE_FILE
+    if config.task != "cascade3d" or not path.is_file():
+        raise RunError(f"{path}: not found; {workdir} is not a finished 3D cascade run")
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RunError(f"{path}: not a cascade record ({err})") from None
+    stages = list(config.cascade.stages)
+    plans, members = [], []
+    for index, stage in enumerate(stages, start=1):
+        stage_dir = workdir / f"stage{index}_{stage}"
+        folds = [r["fold"] for r in rows if r["stage"] == index and r["fold"] != "ensemble"]
+        if index == len(stages):
+            ens = [r for r in rows if r["stage"] == index and r["fold"] == "ensemble"]
+            folds = ens[0]["members"] if ens else folds
+        if not folds:
+            raise RunError(f"{path}: no trained fold for stage {index} ({stage})")
+        models = [load_model(stage_dir / f"fold_{f}", mesh=mesh) for f in folds]
+        plans.append(models[0].plan)
+        members.append(models)
+    return CascadeModel(workdir, config, stages, plans, members)
+
+
+def is_cascade(workdir: str | Path) -> bool:
+    return (Path(workdir) / CASCADE_FILE).is_file()

@@ -37,6 +37,7 @@ from lesionjax.core.atomic import atomic_write_json, atomic_write_text
 from lesionjax.core.errors import ConfigError
 from lesionjax.core.geometry import zoom_to_shape
 from lesionjax.data.priors import ShardSetWithPriors, write_prior
+from lesionjax.eval.runs import write_preprocessing
 from lesionjax.tasks.data import prepare_3d
 from lesionjax.tasks.native import native_truth
 
@@ -217,6 +218,8 @@ def run_cascade(config, workdir: Path) -> dict:
             if is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "config.json").write_text(cfg.to_json_best_effort(indent=1) + "\n")
+                # What lesionjax.predict feeds this fold's model with (+ the prior channel).
+                write_preprocessing(run_dir, shards.plan, shards.n_channels)
             result = train(cfg, run_dir, shards, split)
             if eval_pred is None:
                 eval_pred = _eval_predictor(cfg, shards)

@@ -143,6 +143,26 @@ def test_a_tiny_cascade_killed_in_stage_2_resumes_and_completes(child_env, tmp_p
     summary = json.loads((workdir / "stage2_fullres/ensemble/eval/summary.json").read_text())
     assert summary["grid"] == "native" and summary["n_volumes"] >= 1
 
+    # The predict command runs the whole cascade on a raw scan (stage 1 on the low-resolution
+    # grid, its probabilities as stage 2's prior) and maps the result back: the same voxels as
+    # the ensemble's evaluation of that test case on its native grid.
+    per_volume = json.loads((workdir / "stage2_fullres/ensemble/eval/per_volume.json").read_text())
+    case = per_volume[0]["case_id"]
+    image = workdir / "phantom" / "images" / f"{case}.nii.gz"
+    out = subprocess.run(
+        [sys.executable, "-m", "lesionjax.predict", "--model", str(workdir), "--input",
+         str(image), "--output", str(tmp_path / "pred"), "--no-progress"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    import nibabel as nib
+
+    mask = nib.load(tmp_path / "pred" / f"{case}_mask.nii.gz")
+    source = nib.load(image)
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine, atol=1e-5)
+    assert int(np.asarray(mask.dataobj).sum()) == per_volume[0]["pred_voxels"]
+
 
 def test_instance_config_without_the_data_fails_fast_with_the_way_out(child_env, tmp_path):
     out = subprocess.run(
