@@ -101,6 +101,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # validation score): saves cost ~0.4 s each on a CPU, too much for epochs of seconds.
     c.train.checkpoint_min_seconds = 60.0
     c.train.precise_bn_batches = 0  # > 0: BN statistics averaged over N batches before val/save
+    c.train.val_every_epochs = 1  # validate every N epochs (and after the last)
     c.train.log_data_order = False  # write data_order.jsonl (record indices of every batch)
 
     c.eval = ml_collections.ConfigDict()

@@ -23,12 +23,12 @@ Voxel coordinates, not millimetres (as nnU-Net): with thick slices the rotation 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.scipy import ndimage
 
 from lesionjax.core.windows import uint8_to_unit
 
@@ -119,6 +119,48 @@ def random_spatial(key: jax.Array, cfg: Augment3DConfig) -> tuple[jax.Array, jax
     return matrix, mirror & allowed
 
 
+def sample3d(volume: jax.Array, coords: jax.Array, *, order: int) -> jax.Array:
+    """``volume`` (X, Y, Z, C) sampled at ``coords`` (3, *S) voxel positions -> (*S, C); zero
+    outside (as ``map_coordinates(..., mode="constant")``, each corner outside counting 0).
+
+    Each of the 8 corners (order 1) or the nearest voxel (order 0) is one gather of whole
+    C-vectors from the flattened volume (``map_coordinates`` gathers per channel and corner).
+    The augmentation of a batch of 2 patches (71^3 x 3 read, 48 x 48 x 20 out) took 84 ms with
+    ``map_coordinates`` and the mirroring applied after it, 16 ms like this with the mirroring
+    folded into the matrix (``augment_example3d``), on this CPU."""
+    nx, ny, nz, c = volume.shape
+    flat = volume.reshape(-1, c)
+    sizes = (nx, ny, nz)
+    out_shape = coords.shape[1:]
+
+    def gather(idx):
+        valid = jnp.ones(out_shape, bool)
+        for i, n in zip(idx, sizes, strict=True):
+            valid &= (i >= 0) & (i < n)
+        ix, iy, iz = (jnp.clip(i, 0, n - 1) for i, n in zip(idx, sizes, strict=True))
+        lin = ((ix * ny + iy) * nz + iz).reshape(-1)
+        values = jnp.take(flat, lin, axis=0).reshape(*out_shape, c)
+        return values, valid
+
+    if order == 0:
+        values, valid = gather([jnp.round(x).astype(jnp.int32) for x in coords])
+        return jnp.where(valid[..., None], values, 0).astype(volume.dtype)
+    if order != 1:
+        raise ValueError(f"order {order}: expected 0 or 1")
+    lower = jnp.floor(coords)
+    frac = coords - lower
+    lower = lower.astype(jnp.int32)
+    total = jnp.zeros((*out_shape, c), jnp.float32)
+    for corner in itertools.product((0, 1), repeat=3):
+        idx = [lower[a] + corner[a] for a in range(3)]
+        weight = jnp.ones(out_shape, jnp.float32)
+        for a in range(3):
+            weight = weight * (frac[a] if corner[a] else 1.0 - frac[a])
+        values, valid = gather(idx)
+        total = total + jnp.where(valid, weight, 0.0)[..., None] * values
+    return total.astype(volume.dtype)
+
+
 def warp3d(volume: jax.Array, matrix: jax.Array, final: Sequence[int], *, order: int) -> jax.Array:
     """volume (X, Y, Z, C) -> (*final, C): output voxel d reads the input at
     ``matrix @ (d - c_out) + c_in`` (the centres ``(n - 1) / 2``); zeros outside."""
@@ -129,13 +171,7 @@ def warp3d(volume: jax.Array, matrix: jax.Array, final: Sequence[int], *, order:
     )
     offsets = grid - ((out - 1.0) / 2.0)[:, None, None, None]
     src = jnp.einsum("ij,jxyz->ixyz", matrix, offsets) + ((size - 1.0) / 2.0)[:, None, None, None]
-    coords = [src[0], src[1], src[2]]
-    resample = jax.vmap(
-        lambda ch: ndimage.map_coordinates(ch, coords, order=order, mode="constant"),
-        in_axes=-1,
-        out_axes=-1,
-    )
-    return resample(volume)
+    return sample3d(volume, src, order=order)
 
 
 def mirror(volume: jax.Array, flags: jax.Array) -> jax.Array:
@@ -177,8 +213,13 @@ def augment_example3d(key, image, mask, final: Sequence[int], cfg: Augment3DConf
     """image (X, Y, Z, C) float in [0, 1], mask (X, Y, Z, 1) float -> both at ``final``."""
     k_s, k_i = jax.random.split(key)
     matrix, flags = random_spatial(k_s, cfg)
-    image = mirror(warp3d(image, matrix, final, order=1), flags)
-    mask = mirror(warp3d(mask, matrix, final, order=0), flags)
+    # Mirroring output axis a maps offset d_a to -d_a (offsets are about the patch centre): it
+    # is folded into the matrix, so one gather does both. (Flipping the warped patch after the
+    # gather made XLA recompute the gather in every branch of the flips' selects: 17 vs 2 ms.)
+    signs = jnp.where(flags, -1.0, 1.0)
+    matrix = matrix * signs[None, :]
+    image = warp3d(image, matrix, final, order=1)
+    mask = warp3d(mask, matrix, final, order=0)
     n = image.shape[-1] if cfg.intensity_channels is None else cfg.intensity_channels
     jittered = random_intensity(k_i, image[..., :n], cfg)
     return jnp.concatenate([jittered, image[..., n:]], axis=-1), mask

@@ -185,6 +185,10 @@ def run_cascade(config, workdir: Path) -> dict:
             f"cascade.stages={stages}: the plan has the stages {sorted(plan['stages'])} "
             "(raise data.min_lowres_factor for a low-resolution stage)"
         )
+    from lesionjax.tasks.segment2d import check_has_masks
+
+    for name, stage_set in stage_sets.items():
+        check_has_masks(stage_set, [v["case_id"] for v in stage_set.volumes], f"the {name} stage")
     cv_folds = tuple(int(f) for f in config.cascade.cv_folds)
     test_fold = int(config.data.test_fold)
     if test_fold in cv_folds:

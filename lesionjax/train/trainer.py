@@ -326,14 +326,15 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             window, t_last, seen_last = [], now, done
         if end_of_epoch:
             val = None
-            if split["val"]:
+            epoch = done // steps_per_epoch
+            val_every = max(1, int(tcfg.get("val_every_epochs", 1)))
+            if split["val"] and (epoch % val_every == 0 or done == total_steps):
                 state = with_precise_bn(state)
                 val = validate(predictor, state, shards, split["val"], config.eval.threshold)
                 metrics_log.write(
                     {"step": done, "epoch": done / steps_per_epoch, "split": "val", **val}
                 )
                 bar.set_postfix(val_dice=f"{val['dice']:.3f}")
-            epoch = done // steps_per_epoch
             metrics = state_lib.checkpoint_metrics(val)
             metric = metrics[state_lib.BEST_METRIC] if metrics else None
             now = time.perf_counter()
