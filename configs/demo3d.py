@@ -26,9 +26,15 @@ def get_config(arg=None):
     c.cascade.cv_folds = (0, 1, 2)
     c.cascade.ensemble_size = 2
     c.model.features = (8, 16, 32, 64)
+    # Batch soft Dice + BCE (nnU-Net's pairing): with per-sample Dice + BCE the held-out Dice
+    # of one fold was 0.37 after 300 steps, 0.44 with batch Dice (0.27 at lr 3e-3; lr 0.02
+    # with half the patches forced to foreground: 0.26); the paper's per-sample loss stays in
+    # configs/instance2022_cascade.py.
+    c.loss = "batch_dice_bce"
     c.train.batch_size = 2
-    c.train.epochs = 6
-    c.train.steps_per_epoch = 25
+    c.train.epochs = 8
+    c.train.steps_per_epoch = 50
+    c.train.val_every_epochs = 2  # sliding-window validation costs ~5 s on a CPU
     c.train.checkpoint_min_seconds = 0.0
     c.eval.nsd_tolerance_mm = 2.4  # one in-plane voxel
     c.eval.mirror_axes = (0,)  # left-right only: 2 forwards per window on a CPU
@@ -42,6 +48,7 @@ def get_config(arg=None):
         c.data.patch = (16, 16, 8)
         c.train.epochs = 1
         c.train.steps_per_epoch = 3
+        c.train.val_every_epochs = 1
         c.eval.mirror_axes = ()
     c.lock()
     return c

@@ -122,6 +122,11 @@ def write_predictor_file(
     blobs: dict[str, bytes] = {}
     for k, run_dir in enumerate(run_dirs):
         model = load_model(run_dir)
+        if model.config.data.get("layout", "2d") != "2d":
+            raise ExportError(
+                f"{run_dir}: a 3D model; predictor files hold 2D slice models only for now "
+                "(predict from the run folder: lesionjax-predict --model RUN)"
+            )
         serialized, weights, entry = export_member(model, platforms)
         buffer = io.BytesIO()
         np.savez(buffer, *weights)

@@ -174,13 +174,6 @@ def warp3d(volume: jax.Array, matrix: jax.Array, final: Sequence[int], *, order:
     return sample3d(volume, src, order=order)
 
 
-def mirror(volume: jax.Array, flags: jax.Array) -> jax.Array:
-    """Flips spatial axis a of (X, Y, Z, C) where flags[a]."""
-    for axis in range(3):
-        volume = jnp.where(flags[axis], jnp.flip(volume, axis), volume)
-    return volume
-
-
 def random_intensity(key: jax.Array, image: jax.Array, cfg: Augment3DConfig) -> jax.Array:
     """image (X, Y, Z, C) in [0, 1] -> noise, brightness, contrast, gamma (each with its
     probability), clipped to [0, 1]."""

@@ -97,8 +97,8 @@ def check_run(workdir: Path):
     config = load_config(workdir)
     if config.task == "cascade3d" and (Path(workdir) / CASCADE_FILE).is_file():
         raise RunError(
-            f"{Path(workdir)}: a 3D cascade's top folder (load it with load_cascade; its fold "
-            "folders are single models)"
+            f"{Path(workdir)}: a whole 3D cascade (lesionjax-predict --model {workdir} runs "
+            "it; predictor files and re-evaluation take 2D runs only)"
         )
     if config.task not in ("segment2d", "cascade3d"):
         raise RunError(f"{Path(workdir) / 'config.json'}: task {config.task!r} cannot predict")

@@ -99,18 +99,22 @@ class _Recorder:
 
 
 class EnsemblePredictor:
-    """The mean probabilities of several (predictor, state) members; ``state`` is ignored."""
+    """The mean probabilities of several (predictor, state) members; ``state`` is ignored.
+    The mean is ``ensemble_probabilities``', as ``lesionjax-predict`` computes it."""
 
     def __init__(self, members):
-        self.members = list(members)
+        self.members = [_Member(p, s) for p, s in members]
 
     def predict_volume(self, state, image):
+        from lesionjax.eval.ensemble import ensemble_probabilities
+
         del state
-        total = None
-        for predictor, member_state in self.members:
-            p = predictor.predict_volume(member_state, image)
-            total = p if total is None else total + p
-        return total / len(self.members)
+        return ensemble_probabilities(self.members, image)
+
+
+class _Member:
+    def __init__(self, predictor, state):
+        self.predictor, self.state = predictor, state
 
 
 def _summary_row(summary: dict) -> dict:
