@@ -63,6 +63,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the data here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # grain's mp_prefetch reads absl flags (no absl.app here)
 
     import numpy as np
 
@@ -95,7 +98,7 @@ def main(argv=None) -> None:
     final = args.patch or tuple(plan["patch"])
     cfg = augment3d.Augment3DConfig(axial_only=bool(plan["rotate_axial_only"]))
     read = augment3d.patch_read_size(final, cfg)
-    shape = shards.volumes[0]["shard_shape"]
+    shape = [*shards.volumes[0]["shard_shape"][:3], shards.volumes[0]["channels"]]
     print(
         f"{len(ids)} volumes {shape[0]}x{shape[1]}x{shape[2]}x{shape[3]} uint8 "
         f"({np.prod(shape) / 1e6:.1f} MB each) in {prep_s:.0f} s; final patch "

@@ -134,7 +134,12 @@ def setup_jax(args, shape, features, pools):
     from jax.sharding import PartitionSpec as P
 
     predictor = SlidingWindowPredictor(
-        make_predict_fn(graphdef), mesh, NamedSharding(mesh, P()), shape, batch_size=args.batch
+        make_predict_fn(graphdef),
+        mesh,
+        NamedSharding(mesh, P()),
+        shape,
+        batch_size=args.batch,
+        compiler_options=train_compiler_options(),
     )
     windows = np.asarray(rng.integers(0, 256, full), np.uint8)
 

@@ -140,6 +140,7 @@ def load_model(
         manager.close()
     if config.data.get("layout", "2d") == "3d":
         from lesionjax.eval.sliding_window import SlidingWindowPredictor
+        from lesionjax.train.step import train_compiler_options
 
         predictor = SlidingWindowPredictor(
             run_state.predict_fn(),
@@ -148,6 +149,7 @@ def load_model(
             tuple(config.data.patch),
             batch_size=batch_size or config.eval.batch_size,
             step=config.eval.window_step,
+            compiler_options=train_compiler_options(),
         )
     else:
         predictor = VolumePredictor(

@@ -89,7 +89,11 @@ class SlidingWindowPredictor:
         step: float = STEP,
         sigma_scale: float = SIGMA_SCALE,
         mirror_axes: Sequence[int] = (),
+        compiler_options: dict | None = None,
     ):
+        """compiler_options: XLA options of the jitted window batch (the train step's
+        ``train_compiler_options()`` on CPU: convolutions on Eigen, see ``benchmarks/RESULTS.md``).
+        """
         n_data = mesh.shape["data"]
         self.batch_size = max(n_data, -(-batch_size // n_data) * n_data)
         self.patch = tuple(int(n) for n in patch)
@@ -116,6 +120,7 @@ class SlidingWindowPredictor:
             predict_windows,
             in_shardings=(state_sharding, self._batch_sharding),
             out_shardings=self._replicated,
+            compiler_options=compiler_options,
         )
 
     def windows(self, shape: Sequence[int]) -> list[tuple[int, int, int]]:

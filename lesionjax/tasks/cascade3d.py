@@ -165,6 +165,7 @@ def _eval_predictor(stage_cfg, shards):
     """Sliding windows with the final evaluation's mirroring, for a stage's models."""
     from lesionjax.eval.sliding_window import SlidingWindowPredictor
     from lesionjax.train import state as state_lib
+    from lesionjax.train.step import train_compiler_options
 
     run = state_lib.build_run_state(stage_cfg, shards.n_channels)
     return SlidingWindowPredictor(
@@ -175,6 +176,7 @@ def _eval_predictor(stage_cfg, shards):
         batch_size=stage_cfg.eval.batch_size,
         step=stage_cfg.eval.window_step,
         mirror_axes=tuple(stage_cfg.eval.mirror_axes),
+        compiler_options=train_compiler_options(),
     )
 
 

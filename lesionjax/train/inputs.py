@@ -157,6 +157,8 @@ def patch_input(config, shards, split) -> TrainInput:
     ecfg = config.eval
 
     def make_predictor(run, batch_size: int, mirror_axes=()):
+        from lesionjax.train.step import train_compiler_options
+
         return SlidingWindowPredictor(
             run.predict_fn(),
             run.mesh,
@@ -165,6 +167,7 @@ def patch_input(config, shards, split) -> TrainInput:
             batch_size=batch_size,
             step=ecfg.window_step,
             mirror_axes=mirror_axes,
+            compiler_options=train_compiler_options(),
         )
 
     return TrainInput(
