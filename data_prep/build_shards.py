@@ -624,62 +624,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.update(plan_options({k: v for k, v in given.items() if v is not None}))
     if args.size == 0:  # an explicit 0 keeps the scan's size over a config's size
         options.pop("size", None)
-    if pick(args.layout, "layout", "2d") == "3d":
-        return _main_3d(args, d, pick, dataset, src, out, options)
+    common = {
+        "n_folds": pick(args.folds, "n_folds", 5),
+        "seed": pick(args.seed, "fold_seed", 0),
+        "workers": pick(args.workers, "prep_workers", min(4, os.cpu_count() or 1)),
+        "progress": not args.no_progress,
+    }
     try:
-        manifest, skipped = build_dataset(
-            dataset,
-            src,
-            out,
-            options,
-            n_folds=pick(args.folds, "n_folds", 5),
-            seed=pick(args.seed, "fold_seed", 0),
-            workers=pick(args.workers, "prep_workers", min(4, os.cpu_count() or 1)),
-            progress=not args.no_progress,
-        )
+        if pick(args.layout, "layout", "2d") == "3d":
+            plan, manifests, skipped = build_3d(
+                dataset,
+                src,
+                out,
+                options,
+                memory_gb=pick(args.memory_gb, "memory_gb", 8.0),
+                min_lowres_factor=pick(args.min_lowres_factor, "min_lowres_factor", 1.0),
+                **common,
+            )
+            lines = [f"{out / PLANS}: 3D plan"]
+            for stage, manifest in manifests.items():
+                st, c = plan["stages"][stage], manifest["counts"]
+                lines.append(
+                    f"{stage_dir(out, stage) / MANIFEST}: {c['volumes']} volumes at "
+                    f"{'x'.join(f'{v:.2f}' for v in st['spacing'])} mm, patch "
+                    f"{'x'.join(map(str, st['patch']))}, batch {st['batch_size']}"
+                )
+            listed = f"each stage's {SKIPPED}"
+        else:
+            manifest, skipped = build_dataset(dataset, src, out, options, **common)
+            c = manifest["counts"]
+            lines = [
+                f"{out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with "
+                f"lesions), {c['slices']} slices ({c['lesion_slices']} with lesions)"
+            ]
+            listed = str(out / SKIPPED)
     except (FileNotFoundError, NotADirectoryError, ValueError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    c = manifest["counts"]
-    print(
-        f"{out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with lesions), "
-        f"{c['slices']} slices ({c['lesion_slices']} with lesions)"
-    )
+    print("\n".join(lines))
     if skipped:
-        print(f"{len(skipped)} case(s) skipped, listed in {out / SKIPPED}", file=sys.stderr)
-        allow = args.allow_skips or (d is not None and d.get("allow_skips", False))
-        return 0 if allow else 1
-    return 0
-
-
-def _main_3d(args, d, pick, dataset: str, src: Path, out: Path, options: dict) -> int:
-    try:
-        plan, manifests, skipped = build_3d(
-            dataset,
-            src,
-            out,
-            options,
-            memory_gb=pick(args.memory_gb, "memory_gb", 8.0),
-            min_lowres_factor=pick(args.min_lowres_factor, "min_lowres_factor", 1.0),
-            n_folds=pick(args.folds, "n_folds", 5),
-            seed=pick(args.seed, "fold_seed", 0),
-            workers=pick(args.workers, "prep_workers", min(4, os.cpu_count() or 1)),
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, NotADirectoryError, ValueError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{out / PLANS}: 3D plan")
-    for stage, manifest in manifests.items():
-        s = plan["stages"][stage]
-        c = manifest["counts"]
-        print(
-            f"{stage_dir(out, stage) / MANIFEST}: {c['volumes']} volumes at "
-            f"{'x'.join(f'{v:.2f}' for v in s['spacing'])} mm, patch "
-            f"{'x'.join(map(str, s['patch']))}, batch {s['batch_size']}"
-        )
-    if skipped:
-        print(f"{len(skipped)} case(s) skipped, listed in each stage's {SKIPPED}", file=sys.stderr)
+        print(f"{len(skipped)} case(s) skipped, listed in {listed}", file=sys.stderr)
         allow = args.allow_skips or (d is not None and d.get("allow_skips", False))
         return 0 if allow else 1
     return 0

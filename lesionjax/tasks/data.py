@@ -85,23 +85,31 @@ def build_config_shards(config, workdir: Path, *, progress: bool = True) -> Shar
     return ShardSet.load(out)
 
 
-def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
-    """The run's shards on every process: built on process 0, loaded by the others once process
-    0 is done; a failure on process 0 stops every process with its message."""
-    error, shards, unexpected = None, None, None
+def _built_on_process_0(build, name: str) -> None:
+    """Runs ``build()`` on process 0 and has every process agree on how it went: a failure
+    on process 0 stops every process with its message (a bug is re-raised there)."""
+    error, unexpected = None, None
     if jax.process_index() == 0:
         try:
-            shards = build_config_shards(config, workdir, progress=progress)
+            build()
         except UserError as err:
             error = str(err)
         except Exception as err:  # a bug: the others must still hear of it, then it surfaces
             error, unexpected = f"{type(err).__name__} while building shards: {err}", err
-    error = agree_on_error(error, "shards-ready")
+    error = agree_on_error(error, name)
     if unexpected is not None:
         raise unexpected
     if error is not None:
         raise DataPreparationError(error)
-    return shards if shards is not None else ShardSet.load(shards_dir(config, workdir))
+
+
+def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
+    """The run's shards on every process: built on process 0, loaded by the others once process
+    0 is done; a failure on process 0 stops every process with its message."""
+    _built_on_process_0(
+        lambda: build_config_shards(config, workdir, progress=progress), "shards-ready"
+    )
+    return ShardSet.load(shards_dir(config, workdir))
 
 
 def build_config_3d(config, workdir: Path, *, progress: bool = True) -> dict:
@@ -140,19 +148,9 @@ def prepare_3d(config, workdir: Path, *, progress: bool = True) -> tuple[dict, d
     """The 3D plan and each stage's ShardSet on every process (built on process 0)."""
     import json
 
-    error, unexpected = None, None
-    if jax.process_index() == 0:
-        try:
-            build_config_3d(config, workdir, progress=progress)
-        except UserError as err:
-            error = str(err)
-        except Exception as err:
-            error, unexpected = f"{type(err).__name__} while building shards: {err}", err
-    error = agree_on_error(error, "shards3d-ready")
-    if unexpected is not None:
-        raise unexpected
-    if error is not None:
-        raise DataPreparationError(error)
+    _built_on_process_0(
+        lambda: build_config_3d(config, workdir, progress=progress), "shards3d-ready"
+    )
     out = shards_dir(config, workdir)
     plan = json.loads((out / "plans3d.json").read_text())
     stages = {name: ShardSet.load(out / f"3d_{name}") for name in plan["stages"]}
