@@ -103,19 +103,6 @@ def eval_dir(run: Run, split: str, *, ensemble: bool = False, tta: bool = False)
     return run.workdir / name
 
 
-class EnsemblePredictor:
-    """``predict_volume(state, image)`` of an ensemble: the members' mean probabilities, with
-    the left-right mirrors when ``tta`` (``lesionjax.eval.ensemble``); ``state`` is unused."""
-
-    def __init__(self, members: Sequence[Run], tta: bool):
-        self.members, self.tta = list(members), tta
-
-    def predict_volume(self, state, image):
-        from lesionjax.eval.ensemble import ensemble_probabilities
-
-        return ensemble_probabilities(self.members, image, tta=self.tta)
-
-
 def _plan_without_dataset(run: Run) -> dict:
     return {k: v for k, v in run.shards.plan.items() if k != "dataset"}
 
@@ -213,7 +200,9 @@ def reevaluate(
     members = [load_run(m) for m in ensemble]
     if members:
         check_ensemble(run, members, split, case_ids)
-    predictor = EnsemblePredictor([run, *members], tta) if (members or tta) else run.predictor
+    from lesionjax.eval.ensemble import EnsemblePredictor
+
+    predictor = EnsemblePredictor([run, *members], tta=tta) if (members or tta) else run.predictor
     per_volume, overlays = evaluate_cases(
         predictor,
         run.state,

@@ -10,9 +10,18 @@ nnU-Net averages its folds and mirrors.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """An ensemble member from its parts: a predictor and the state it predicts with."""
+
+    predictor: object
+    state: object
 
 
 def ensemble_probabilities(members: Sequence, channels: np.ndarray, *, tta: bool = False):
@@ -33,3 +42,15 @@ def ensemble_probabilities(members: Sequence, channels: np.ndarray, *, tta: bool
             total += member.predictor.predict_volume(member.state, mirrored)[::-1]
             n += 1
     return (total / n).astype(np.float32)
+
+
+class EnsemblePredictor:
+    """``predict_volume(state, image)`` of an ensemble: the members' mean probabilities, with
+    the left-right mirrors when ``tta`` (``ensemble_probabilities``); ``state`` is unused."""
+
+    def __init__(self, members: Sequence, *, tta: bool = False):
+        self.members, self.tta = list(members), tta
+
+    def predict_volume(self, state, image):
+        del state
+        return ensemble_probabilities(self.members, image, tta=self.tta)

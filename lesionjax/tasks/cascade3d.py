@@ -37,6 +37,7 @@ from lesionjax.core.atomic import atomic_write_json, atomic_write_text
 from lesionjax.core.errors import ConfigError
 from lesionjax.core.geometry import zoom_to_shape
 from lesionjax.data.priors import ShardSetWithPriors, write_prior
+from lesionjax.eval.ensemble import EnsemblePredictor, Member
 from lesionjax.eval.runs import write_preprocessing
 from lesionjax.tasks.data import prepare_3d
 from lesionjax.tasks.native import native_truth
@@ -96,25 +97,6 @@ class _Recorder:
         self.on_volume(self.n, probs)
         self.n += 1
         return probs
-
-
-class EnsemblePredictor:
-    """The mean probabilities of several (predictor, state) members; ``state`` is ignored.
-    The mean is ``ensemble_probabilities``', as ``lesionjax-predict`` computes it."""
-
-    def __init__(self, members):
-        self.members = [_Member(p, s) for p, s in members]
-
-    def predict_volume(self, state, image):
-        from lesionjax.eval.ensemble import ensemble_probabilities
-
-        del state
-        return ensemble_probabilities(self.members, image)
-
-
-class _Member:
-    def __init__(self, predictor, state):
-        self.predictor, self.state = predictor, state
 
 
 def _summary_row(summary: dict, per_volume: list[dict]) -> dict:
@@ -276,7 +258,7 @@ def run_cascade(config, workdir: Path) -> dict:
         # The test cases' prior: the mean of every fold model (as nnU-Net's cascade predicts).
         split = fold_split(shards, cv_folds[0], cv_folds, test_fold)
         if next_priors is not None and split["test"]:
-            ensemble_all = EnsemblePredictor([(eval_pred, s) for _, _, s in members])
+            ensemble_all = EnsemblePredictor([Member(eval_pred, s) for _, _, s in members])
             for case_id in split["test"]:
                 if not (next_priors / f"{case_id}.npy").is_file():
                     probs = ensemble_all.predict_volume(None, shards.read_volume(case_id)["image"])
@@ -291,7 +273,7 @@ def run_cascade(config, workdir: Path) -> dict:
             ),
         )
         chosen = ranked[: int(config.cascade.ensemble_size)]
-        ens = EnsemblePredictor([(eval_pred, s) for _, _, s in chosen])
+        ens = EnsemblePredictor([Member(eval_pred, s) for _, _, s in chosen])
         ens_dir = stage_dir / "ensemble"
         summary = _evaluate(
             cfg, workdir, ens, None, shards, split["test"], ens_dir / "eval", "test",
