@@ -58,31 +58,53 @@ def raw_source(config, workdir: Path, *, progress: bool = True) -> Path:
 def build_config_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
     """Generates the phantom set if the config asks for it and it is absent, builds the shards
     (reusing valid ones) and returns the loaded ShardSet. Runs on one process."""
-    from data_prep.build_shards import SKIPPED, build_dataset
+    build_config_data(config, workdir, progress=progress)
+    return ShardSet.load(shards_dir(config, workdir))
+
+
+def build_config_data(config, workdir: Path, *, progress: bool = True) -> None:
+    """The phantom set if asked for, then the shards of the config's ``data.layout`` in
+    ``shards_dir``: the 2D shard set, or (``"3d"``) the 3D plan and one shard set per cascade
+    stage (``data_prep.build_shards.build_3d``). Runs on one process."""
+    from data_prep.build_shards import SKIPPED, build_3d, build_dataset
     from data_prep.plan import plan_options
 
     d = config.data
     src = raw_source(config, workdir, progress=progress)
     out = shards_dir(config, workdir)
+    common = {
+        "n_folds": d.n_folds,
+        "seed": d.fold_seed,
+        "workers": d.prep_workers,
+        "progress": progress,
+    }
+    three_d = d.get("layout", "2d") == "3d"
     try:
-        _, skipped = build_dataset(
-            d.dataset,
-            src,
-            out,
-            plan_options(d),
-            n_folds=d.n_folds,
-            seed=d.fold_seed,
-            workers=d.prep_workers,
-            progress=progress,
-        )
+        if three_d:
+            _, _, skipped = build_3d(
+                d.dataset,
+                src,
+                out,
+                plan_options(d),
+                memory_gb=d.memory_gb,
+                min_lowres_factor=d.min_lowres_factor,
+                **common,
+            )
+        else:
+            _, skipped = build_dataset(d.dataset, src, out, plan_options(d), **common)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
         raise DataPreparationError(str(err)) from None
     if skipped and not d.get("allow_skips", False):
+        if three_d:
+            raise DataPreparationError(
+                f"{out}: {len(skipped)} case(s) could not be read (each named above, listed in "
+                f"each stage's {SKIPPED}); fix or remove them, or set "
+                "--config.data.allow_skips=True"
+            )
         raise DataPreparationError(
             f"{out / SKIPPED}: {len(skipped)} case(s) could not be read (each named above); fix "
             "or remove them, or set --config.data.allow_skips=True to train on the others"
         )
-    return ShardSet.load(out)
 
 
 def _built_on_process_0(build, name: str) -> None:
@@ -107,41 +129,9 @@ def prepare_shards(config, workdir: Path, *, progress: bool = True) -> ShardSet:
     """The run's shards on every process: built on process 0, loaded by the others once process
     0 is done; a failure on process 0 stops every process with its message."""
     _built_on_process_0(
-        lambda: build_config_shards(config, workdir, progress=progress), "shards-ready"
+        lambda: build_config_data(config, workdir, progress=progress), "shards-ready"
     )
     return ShardSet.load(shards_dir(config, workdir))
-
-
-def build_config_3d(config, workdir: Path, *, progress: bool = True) -> dict:
-    """The 3D counterpart of ``build_config_shards``: the plan and one shard set per cascade
-    stage in ``shards_dir`` (``data_prep.build_shards.build_3d``). Returns the plan."""
-    from data_prep.build_shards import SKIPPED, build_3d
-    from data_prep.plan import plan_options
-
-    d = config.data
-    src = raw_source(config, workdir, progress=progress)
-    out = shards_dir(config, workdir)
-    try:
-        plan, _, skipped = build_3d(
-            d.dataset,
-            src,
-            out,
-            plan_options(d),
-            memory_gb=d.memory_gb,
-            min_lowres_factor=d.min_lowres_factor,
-            n_folds=d.n_folds,
-            seed=d.fold_seed,
-            workers=d.prep_workers,
-            progress=progress,
-        )
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        raise DataPreparationError(str(err)) from None
-    if skipped and not d.get("allow_skips", False):
-        raise DataPreparationError(
-            f"{out}: {len(skipped)} case(s) could not be read (each named above, listed in each "
-            f"stage's {SKIPPED}); fix or remove them, or set --config.data.allow_skips=True"
-        )
-    return plan
 
 
 def prepare_3d(config, workdir: Path, *, progress: bool = True) -> tuple[dict, dict[str, ShardSet]]:
@@ -149,7 +139,7 @@ def prepare_3d(config, workdir: Path, *, progress: bool = True) -> tuple[dict, d
     import json
 
     _built_on_process_0(
-        lambda: build_config_3d(config, workdir, progress=progress), "shards3d-ready"
+        lambda: build_config_data(config, workdir, progress=progress), "shards3d-ready"
     )
     out = shards_dir(config, workdir)
     plan = json.loads((out / "plans3d.json").read_text())
