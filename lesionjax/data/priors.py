@@ -37,16 +37,27 @@ class ShardSetWithPriors:
     def __init__(self, shards, folder: Path):
         self._shards = shards
         self.prior_dir = Path(folder)
+        self._open: dict[str, np.ndarray] = {}  # case -> memory map, opened once per process
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # unpickling looks up dunders before __dict__ is set
+            raise AttributeError(name)
         return getattr(self._shards, name)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_open": {}}  # memory maps are reopened, never pickled
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     @property
     def n_channels(self) -> int:
         return self._shards.n_channels + 1
 
     def prior(self, case_id: str) -> np.ndarray:
-        """(X, Y, Z) uint8, memory-mapped."""
+        """(X, Y, Z) uint8, memory-mapped (the patch sampler asks for it once per patch)."""
+        if case_id in self._open:
+            return self._open[case_id]
         path = self.prior_dir / f"{case_id}.npy"
         if not path.is_file():
             raise MissingPriorError(f"{path}: no stage-1 probabilities for case {case_id!r}")
@@ -54,6 +65,7 @@ class ShardSetWithPriors:
         want = tuple(self._shards.volume(case_id)["shard_shape"][:3])
         if prior.shape != want:
             raise MissingPriorError(f"{path}: shape {prior.shape}, the volume's is {want}")
+        self._open[case_id] = prior
         return prior
 
     def read_volume(self, case_id: str, source=None) -> dict[str, np.ndarray]:
