@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lesionjax.core import records
+from lesionjax.data.pipeline import process_stream
 from lesionjax.data.shards import ShardSet
 
 FG_FRACTION = 1.0 / 3.0
@@ -194,10 +195,11 @@ def make_patch_dataset(
         .map_with_index(sampler)
         .batch(local_batch, drop_remainder=True)
     )
-    ds = ds[process_index::process_count]  # lazy: only this process's batches are read
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * local_batch)
+    return process_stream(
+        ds,
+        local_batch=local_batch,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=worker_count,
+        read_threads=read_threads,
     )
-    if worker_count > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return it

@@ -86,7 +86,26 @@ def make_train_dataset(
         .repeat(None)
     )
     ds = ds.map(decode_example).batch(local_batch, drop_remainder=True)
-    ds = ds[process_index::process_count]  # lazy: only this process's batches are decoded
+    return process_stream(
+        ds,
+        local_batch=local_batch,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=worker_count,
+        read_threads=read_threads,
+    )
+
+
+def process_stream(
+    batches, *, local_batch: int, process_index: int, process_count: int, worker_count: int,
+    read_threads: int,
+):  # fmt: skip
+    """This process's share of an endless MapDataset of local batches, as an IterDataset:
+    every ``process_count``-th batch from ``process_index`` (lazy: only those are read), read
+    with ``read_threads`` threads, in ``worker_count`` processes when > 0."""
+    import grain
+
+    ds = batches[process_index::process_count]
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * local_batch)
     )
