@@ -264,14 +264,8 @@ def run_cascade(config, workdir: Path) -> dict:
                     probs = ensemble_all.predict_volume(None, shards.read_volume(case_id)["image"])
                     _store_prior(next_priors, next_set, case_id, probs)
         # The best folds by out-of-fold Dice form this stage's ensemble.
-        ranked = sorted(
-            members,
-            key=lambda m: (
-                -(m[1]["oof"] or {}).get("dice", -1.0)
-                if math.isfinite((m[1]["oof"] or {}).get("dice", math.nan))
-                else 1.0
-            ),
-        )
+        # Folds without a finite out-of-fold Dice rank last.
+        ranked = sorted(members, key=lambda m: -_finite((m[1]["oof"] or {}).get("dice"), -1.0))
         chosen = ranked[: int(config.cascade.ensemble_size)]
         ens = EnsemblePredictor([Member(eval_pred, s) for _, _, s in chosen])
         ens_dir = stage_dir / "ensemble"
@@ -303,6 +297,10 @@ def run_cascade(config, workdir: Path) -> dict:
         ensemble_summary["summary_path"] = str(last_dir / "summary.json")
         ensemble_summary["seconds"] = {"total": round(time.perf_counter() - t0, 1)}
     return ensemble_summary
+
+
+def _finite(value, default: float) -> float:
+    return value if isinstance(value, int | float) and math.isfinite(value) else default
 
 
 def _store_prior(folder: Path, next_set, case_id: str, probs: np.ndarray) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
+
 from lesionjax.core.errors import ConfigError
 from lesionjax.data import augment as augment_lib
 from lesionjax.data import augment3d, patches, pipeline, sampling
@@ -105,8 +107,8 @@ def slice_input(config, shards, split) -> TrainInput:
         weights,
         global_batch=tcfg.batch_size,
         seed=config.seed,
-        process_index=_process_index(),
-        process_count=_process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
         worker_count=dcfg.get("grain_workers", 0),
     )
 
@@ -150,8 +152,8 @@ def patch_input(config, shards, split) -> TrainInput:
         global_batch=tcfg.batch_size,
         seed=config.seed,
         fg_fraction=dcfg.fg_fraction,
-        process_index=_process_index(),
-        process_count=_process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
         worker_count=dcfg.get("grain_workers", 0),
     )
     ecfg = config.eval
@@ -184,15 +186,3 @@ def train_input(config, shards, split) -> TrainInput:
     if layout_of(config) == "3d":
         return patch_input(config, shards, split)
     return slice_input(config, shards, split)
-
-
-def _process_index() -> int:
-    import jax
-
-    return jax.process_index()
-
-
-def _process_count() -> int:
-    import jax
-
-    return jax.process_count()
