@@ -22,7 +22,9 @@ others; the exit status is non-zero when any case was skipped, unless ``--allow-
 
 One file for the writer and its command line: the incremental-build bookkeeping (source
 fingerprints, reuse, duplicates, skips, folds, manifest) is what both share; the preprocessing
-itself is ``data_prep.preprocess``.
+itself is ``data_prep.preprocess``. ``build_3d`` lives here as well: it is the same writer run once
+per cascade stage (with the stages' shared folds) and the command dispatches to it, so a
+module of its own would both import this one and be imported by it (a cycle).
 """
 
 from __future__ import annotations
