@@ -145,6 +145,9 @@ def cascade3d_config() -> ml_collections.ConfigDict:
     c.cascade.run_folds = ()
     c.cascade.ensemble_size = 3  # the best folds by out-of-fold Dice, averaged
     c.cascade.evaluate_folds_on_test = True  # each fold model on the test set too (Table 1)
+    # Workdirs of other finished cascades whose test rows join this run's table (e.g. the
+    # :one_window variant's, for Table 1's "Baseline (1 channel input)").
+    c.cascade.compare_runs = ()
 
     c.model.name = "unet3d"
     c.model.features = ()  # (): the plan's (32 doubling, capped at 320)

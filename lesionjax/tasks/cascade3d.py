@@ -286,7 +286,7 @@ def run_cascade(config, workdir: Path) -> dict:
         if index == len(stages) and is_main:
             ensemble_summary = json.loads((ens_dir / "eval" / "summary.json").read_text())
     if is_main:
-        table = cascade_table(rows, stages)
+        table = cascade_table(rows, stages, compare_rows(config.cascade.get("compare_runs", ())))
         atomic_write_text(workdir / "cascade.md", table)
         atomic_write_json(
             workdir / "cascade.json",
@@ -318,9 +318,31 @@ def _fmt(value) -> str:
     return f"{value:.4f}"
 
 
-def cascade_table(rows: list[dict], stages) -> str:
+def compare_rows(workdirs) -> list[tuple[str, dict]]:
+    """The test-fold rows of other finished cascade runs (``cascade.compare_runs``: e.g. the
+    ``:one_window`` variant's workdir, for Table 1's "Baseline (1 channel input)"), each labelled
+    with its channels. A run without ``cascade.json`` is a ConfigError naming it."""
+    out = []
+    for workdir in workdirs:
+        path = Path(workdir) / "cascade.json"
+        if not path.is_file():
+            raise ConfigError(f"cascade.compare_runs: {path}: not found (run that cascade first)")
+        try:
+            rows = json.loads(path.read_text())["rows"]
+            config = json.loads((Path(workdir) / "config.json").read_text())
+            windows = tuple(config["data"]["windows"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"cascade.compare_runs: {path}: unreadable ({e})") from e
+        n = len(windows)
+        label = f"{n} channel{'s' if n > 1 else ''} ({', '.join(windows)})"
+        out += [(label, r) for r in rows if r.get("test") is not None]
+    return out
+
+
+def cascade_table(rows: list[dict], stages, compare=()) -> str:
     """The paper's Table 1 layout: DSC, HD (mm), RVD, NSD on the test fold per model, and the
-    out-of-fold numbers of each fold (mean over the lesion volumes)."""
+    out-of-fold numbers of each fold (mean over the lesion volumes). ``compare``: (label, row)
+    pairs of other runs (`compare_rows`), listed after this run's with their label."""
     lines = [
         "# 3D cascade U-Net: cross-validation and ensemble",
         "",
@@ -330,16 +352,21 @@ def cascade_table(rows: list[dict], stages) -> str:
         "|---|---|---|---|---|---|",
     ]
     last = len(stages)
-    for r in rows:
+    labelled = [("", r) for r in rows] + list(compare)
+    for label, r in labelled:
         t = r.get("test")
         if t is None:
             continue
-        kind = "cascade" if r["stage"] == last and last > 1 else f"stage {r['stage']} only"
+        stage_count = last if not label else max(x["stage"] for lab, x in compare if lab == label)
+        cascade = r["stage"] == stage_count and stage_count > 1
+        kind = "cascade" if cascade else f"stage {r['stage']} only"
         name = (
             f"{kind}, ensemble of folds {r['members']}"
             if r["fold"] == "ensemble"
             else f"{kind}, fold {r['fold']}"
         )
+        if label:
+            name = f"{label}: {name}"
         lines.append(
             f"| {name} | {_fmt(t['dice'])} | {_fmt(t['hd'])} | {_fmt(t['rvd'])} | "
             f"{_fmt(t['nsd'])} | {t['n']} |"

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lesionjax.tasks.cascade3d import cascade_table, fold_split, stage_config
+from lesionjax.core.errors import ConfigError
+from lesionjax.tasks.cascade3d import cascade_table, compare_rows, fold_split, stage_config
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -79,6 +80,29 @@ def test_the_table_has_the_papers_rows():
     text = cascade_table(rows, ("lowres", "fullres"))
     assert "| stage 1 only, fold 0 | 0.7000 | 20.0000 | 0.2000 | 0.5000 | 3 |" in text
     assert "| cascade, ensemble of folds [0] |" in text
+
+
+def test_the_table_adds_the_rows_of_a_compared_run(tmp_path):
+    one = {"dice": 0.6, "hd": 30.0, "rvd": 0.1, "nsd": 0.4, "n": 3}
+    other = tmp_path / "one_window"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"data": {"windows": ["brain"]}}))
+    (other / "cascade.json").write_text(json.dumps({"rows": [
+        {"stage": 1, "name": "lowres", "fold": "ensemble", "members": [1], "test": one},
+        {"stage": 2, "name": "fullres", "fold": 0, "oof": one, "test": one},
+        {"stage": 2, "name": "fullres", "fold": "ensemble", "members": [0], "test": one},
+    ]}))  # fmt: skip
+    own = {"dice": 0.7, "hd": 20.0, "rvd": 0.2, "nsd": 0.5, "n": 3}
+    rows = [{"stage": 2, "name": "fullres", "fold": "ensemble", "members": [2], "test": own}]
+    text = cascade_table(rows, ("lowres", "fullres"), compare_rows([other]))
+    assert "| cascade, ensemble of folds [2] | 0.7000 |" in text
+    compared = "| 1 channel (brain): cascade, ensemble of folds [0] | 0.6000 | 30.0000 | 0.1000 |"
+    assert compared in text
+    assert "| 1 channel (brain): stage 1 only, ensemble of folds [1] |" in text
+    # Out-of-fold rows stay this run's own.
+    assert text.split("Out-of-fold")[1].count("| 2 (fullres) |") == 0
+    with pytest.raises(ConfigError, match="missing_run.*cascade.json: not found"):
+        compare_rows([tmp_path / "missing_run"])
 
 
 def _command(workdir, *extra):
