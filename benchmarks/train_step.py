@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--default-xla",
         action="store_true",
-        help="jit the train step without lesionjax.train.step.train_compiler_options()",
+        help="jit the train step and inference without train_compiler_options()",
     )
     return parser.parse_args(argv)
 
@@ -112,7 +112,7 @@ def setup_jax(args, features) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    predict = jax.jit(make_predict_fn(graphdef))
+    predict = jax.jit(make_predict_fn(graphdef), compiler_options=options)
 
     def train():
         box["state"], box["metrics"] = compiled(

@@ -18,8 +18,11 @@ that held-out fold.
 
 Variants: ``:one_window`` (the 1-channel ablation: the brain window [0, 80] only), ``:stage1``
 (stage 1 alone, the "Stage 1 only" row). Table 1 in one file: run ``:one_window`` first, then
-the 3-window cascade with ``--config.cascade.compare_runs='("runs/instance2022_cascade_one_window",)'``
-(its test rows join ``cascade.md``, labelled "1 channel (brain)").
+the 3-window cascade with its workdir named (its test rows join ``cascade.md``, labelled
+"1 channel (brain)"):
+
+    --config.cascade.compare_runs='("runs/instance2022_cascade_one_window",)'
+
 """
 
 from lesionjax.config_defaults import cascade3d_config, check_variant

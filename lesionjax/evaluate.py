@@ -165,6 +165,7 @@ def reevaluate(
         write_evaluation,
     )
     from lesionjax.eval.inference import VolumePredictor
+    from lesionjax.train.step import train_compiler_options
 
     t0 = time.perf_counter()
     run = load_run(workdir, step=step)
@@ -222,6 +223,7 @@ def reevaluate(
             run.run_state.mesh,
             run.run_state.state_sharding,
             batch_size=config.eval.batch_size,
+            compiler_options=train_compiler_options(),
         )
         slices = select_feature_slices(run.shards, case_ids, max_slices=tsne_slices)
         features = slice_features(extractor, run.state, run.shards, slices)

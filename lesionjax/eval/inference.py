@@ -22,7 +22,18 @@ from lesionjax.core.windows import uint8_to_unit
 class VolumePredictor:
     """Wraps ``predict_fn(state, image (B, H, W, C) f32) -> probs (B, H, W, 1)`` for volumes."""
 
-    def __init__(self, predict_fn: Callable, mesh: Mesh, state_sharding, *, batch_size: int = 32):
+    def __init__(
+        self,
+        predict_fn: Callable,
+        mesh: Mesh,
+        state_sharding,
+        *,
+        batch_size: int = 32,
+        compiler_options: dict | None = None,
+    ):
+        """compiler_options: XLA options of the jitted batch (``train_compiler_options()`` on
+        CPU: convolutions on Eigen; 1.18x PyTorch's inference against 0.90 without, on the 2-core
+        VM of ``benchmarks/RESULTS.md``)."""
         n_data = mesh.shape["data"]
         self.batch_size = max(n_data, -(-batch_size // n_data) * n_data)
         self._batch_sharding = NamedSharding(mesh, P("data"))
@@ -35,6 +46,7 @@ class VolumePredictor:
             predict_uint8,
             in_shardings=(state_sharding, self._batch_sharding),
             out_shardings=self._replicated,
+            compiler_options=compiler_options,
         )
 
     def _global(self, batch: np.ndarray) -> jax.Array:

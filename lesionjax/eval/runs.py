@@ -138,9 +138,10 @@ def load_model(
         state = state_lib.restore_state(manager, step, run_state)
     finally:
         manager.close()
+    from lesionjax.train.step import train_compiler_options
+
     if config.data.get("layout", "2d") == "3d":
         from lesionjax.eval.sliding_window import SlidingWindowPredictor
-        from lesionjax.train.step import train_compiler_options
 
         predictor = SlidingWindowPredictor(
             run_state.predict_fn(),
@@ -157,6 +158,7 @@ def load_model(
             run_state.mesh,
             run_state.state_sharding,
             batch_size=batch_size or config.eval.batch_size,
+            compiler_options=train_compiler_options(),
         )
     return Model(
         workdir=workdir,

@@ -23,6 +23,7 @@ import jax
 from lesionjax.core.errors import ConfigError
 from lesionjax.data import augment as augment_lib
 from lesionjax.data import augment3d, patches, pipeline, sampling
+from lesionjax.train.step import train_compiler_options
 
 LAYOUTS = ("2d", "3d")
 
@@ -114,7 +115,11 @@ def slice_input(config, shards, split) -> TrainInput:
 
     def make_predictor(run, batch_size: int):
         return VolumePredictor(
-            run.predict_fn(), run.mesh, run.state_sharding, batch_size=batch_size
+            run.predict_fn(),
+            run.mesh,
+            run.state_sharding,
+            batch_size=batch_size,
+            compiler_options=train_compiler_options(),
         )
 
     return TrainInput(
@@ -159,8 +164,6 @@ def patch_input(config, shards, split) -> TrainInput:
     ecfg = config.eval
 
     def make_predictor(run, batch_size: int, mirror_axes=()):
-        from lesionjax.train.step import train_compiler_options
-
         return SlidingWindowPredictor(
             run.predict_fn(),
             run.mesh,
