@@ -320,8 +320,9 @@ def _fmt(value) -> str:
 
 def compare_rows(workdirs) -> list[tuple[str, dict]]:
     """The test-fold rows of other finished cascade runs (``cascade.compare_runs``: e.g. the
-    ``:one_window`` variant's workdir, for Table 1's "Baseline (1 channel input)"), each labelled
-    with its channels. A run without ``cascade.json`` is a ConfigError naming it."""
+    ``:one_window`` variant's workdir, for Table 1's "Baseline (1 channel input)") as (model
+    name, test numbers), each name prefixed with the run's channels. A run without
+    ``cascade.json`` is a ConfigError naming it."""
     out = []
     for workdir in workdirs:
         path = Path(workdir) / "cascade.json"
@@ -335,14 +336,29 @@ def compare_rows(workdirs) -> list[tuple[str, dict]]:
             raise ConfigError(f"cascade.compare_runs: {path}: unreadable ({e})") from e
         n = len(windows)
         label = f"{n} channel{'s' if n > 1 else ''} ({', '.join(windows)})"
-        out += [(label, r) for r in rows if r.get("test") is not None]
+        last = max(r["stage"] for r in rows)
+        out += [
+            (f"{label}: {_model_name(r, last)}", r["test"])
+            for r in rows
+            if r.get("test") is not None
+        ]
     return out
+
+
+def _model_name(row: dict, last: int) -> str:
+    """A row's name in the table, e.g. ``cascade, fold 0`` or ``stage 1 only, ensemble of folds
+    [2, 0]``; ``last``: the run's number of stages (its last stage, given a prior, is the
+    cascade)."""
+    kind = "cascade" if row["stage"] == last and last > 1 else f"stage {row['stage']} only"
+    if row["fold"] == "ensemble":
+        return f"{kind}, ensemble of folds {row['members']}"
+    return f"{kind}, fold {row['fold']}"
 
 
 def cascade_table(rows: list[dict], stages, compare=()) -> str:
     """The paper's Table 1 layout: DSC, HD (mm), RVD, NSD on the test fold per model, and the
-    out-of-fold numbers of each fold (mean over the lesion volumes). ``compare``: (label, row)
-    pairs of other runs (`compare_rows`), listed after this run's with their label."""
+    out-of-fold numbers of each fold (mean over the lesion volumes). ``compare``: (model name,
+    test numbers) of other runs (`compare_rows`), listed after this run's."""
     lines = [
         "# 3D cascade U-Net: cross-validation and ensemble",
         "",
@@ -352,21 +368,9 @@ def cascade_table(rows: list[dict], stages, compare=()) -> str:
         "|---|---|---|---|---|---|",
     ]
     last = len(stages)
-    labelled = [("", r) for r in rows] + list(compare)
-    for label, r in labelled:
-        t = r.get("test")
-        if t is None:
-            continue
-        stage_count = last if not label else max(x["stage"] for lab, x in compare if lab == label)
-        cascade = r["stage"] == stage_count and stage_count > 1
-        kind = "cascade" if cascade else f"stage {r['stage']} only"
-        name = (
-            f"{kind}, ensemble of folds {r['members']}"
-            if r["fold"] == "ensemble"
-            else f"{kind}, fold {r['fold']}"
-        )
-        if label:
-            name = f"{label}: {name}"
+    named = [(_model_name(r, last), r["test"]) for r in rows if r.get("test") is not None]
+    named += compare
+    for name, t in named:
         lines.append(
             f"| {name} | {_fmt(t['dice'])} | {_fmt(t['hd'])} | {_fmt(t['rvd'])} | "
             f"{_fmt(t['nsd'])} | {t['n']} |"
