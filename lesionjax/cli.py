@@ -1,8 +1,9 @@
 """What every command shares: the user-error convention and the flag set-up.
 
 A command's body runs under ``run_command``: a ``UserError`` (bad input: a file, a case, a
-config value) prints ``error: <message>`` on stderr and gives exit status 1; anything else is a
-bug and keeps its traceback. ``absl_flags_parser`` does the same for the main job's absl flags
+config value) prints ``error: <message>`` on stderr and gives exit status 1 (training stopped by
+a signal after saving prints ``stopped: <message>`` and gives 75); anything else is a bug and
+keeps its traceback. ``absl_flags_parser`` does the same for the main job's absl flags
 (config file, variant and ``--config.a.b=value`` overrides), whose errors absl would otherwise
 print with a traceback.
 """
@@ -21,12 +22,13 @@ def print_error(message: str) -> None:
 
 
 def run_command(body: Callable[[], int | None]) -> int:
-    """Runs a command's body; a UserError becomes one ``error:`` line and exit status 1."""
+    """Runs a command's body; a UserError becomes one ``error:`` line and exit status 1 (a
+    ``StopRequested``: one ``stopped:`` line and status 75)."""
     try:
         return int(body() or 0)
     except UserError as err:
-        print_error(str(err))
-        return 1
+        print(f"{err.prefix}: {err}", file=sys.stderr, flush=True)
+        return err.exit_status
 
 
 def mark_absl_parsed() -> None:

@@ -110,8 +110,22 @@ def process_stream(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * local_batch)
     )
     if worker_count > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count),
+            worker_init_fn=ignore_stop_signals,
+        )
     return it
+
+
+def ignore_stop_signals(worker_index: int = 0, worker_count: int = 0) -> None:
+    """grain workers ignore SIGTERM and SIGINT: those are for the trainer, which stops its
+    workers itself (``lesionjax.train.preemption``); a scheduler that signals every process of
+    the job, or Ctrl-C (the terminal's whole process group), must not kill the workers first."""
+    import signal
+
+    del worker_index, worker_count
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def to_global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, Any]:

@@ -221,14 +221,23 @@ def restore_state(manager, step: int, run_state: RunState, *, data_iter=None):
 
 
 def save_state(manager, step: int, state, *, data_iter=None, metrics: dict | None = None):
-    """Saves ``state`` (and the iterator's state as of now) at ``step``."""
+    """Saves ``state`` (and the iterator's state as of now) at ``step``; ``metrics`` None: a
+    save that is not a candidate for the best checkpoint (no validation at this step)."""
     import grain
     import orbax.checkpoint as ocp
+
+    from absl import logging
 
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iter))
-    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+    verbosity = logging.get_verbosity()
+    if metrics is None:  # Orbax warns when a run that keeps its best saves without a metric
+        logging.set_verbosity(logging.ERROR)
+    try:
+        manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 class _FrozenIteratorState:

@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lesionjax.core.errors import ConfigError, UserError
+from lesionjax.core.errors import ConfigError, StopRequested, UserError
 from lesionjax.data import pipeline
 from lesionjax.data.shards import ShardSet
 from lesionjax.eval.evaluate_volumes import evaluate_cases
 from lesionjax.eval.inference import VolumePredictor
 from lesionjax.losses import get_loss
 from lesionjax.train import inputs as inputs_lib
+from lesionjax.train import preemption
 from lesionjax.train import state as state_lib
 from lesionjax.train import step as step_lib
 
@@ -184,6 +185,31 @@ def checkpoint_due(
     return since_last is None or since_last >= min_seconds
 
 
+def with_stop_flag(train_step: Callable) -> Callable:
+    """``train_step`` whose batch carries ``"stop"`` (one float per row: each process fills its
+    rows with its own stop-signal flag) and whose metrics return ``"stop"``, the maximum over the
+    global batch: the same value on every process, computed inside the step (no extra
+    collective), so all processes agree on where to stop."""
+
+    def step(state, batch, key):
+        batch = dict(batch)
+        stop = jnp.max(batch.pop("stop"))
+        state, metrics = train_step(state, batch, key)
+        return state, {**metrics, "stop": stop}
+
+    return step
+
+
+def stop_signal_anywhere(local: bool) -> bool:
+    """Whether any process has ``local`` set (one small all-gather; no-op on one process)."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([int(local)], np.int32))
+    return bool(np.max(flags))
+
+
 def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
@@ -210,11 +236,13 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     loss_fn = get_loss(config.loss)
     train_step = jax.jit(
-        step_lib.make_train_step(
-            run.graphdef,
-            run.tx,
-            loss_fn,
-            augment_fn=inputs.augment_fn,
+        with_stop_flag(
+            step_lib.make_train_step(
+                run.graphdef,
+                run.tx,
+                loss_fn,
+                augment_fn=inputs.augment_fn,
+            )
         ),
         in_shardings=(run.state_sharding, run.batch_sharding, run.replicated),
         out_shardings=(run.state_sharding, run.replicated),
@@ -233,6 +261,14 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
         return pipeline.to_global_batch(
             {k: local[k] for k in ("image", "mask", "weight")}, run.batch_sharding
         )
+
+    def train_batch(local: dict, stop: bool) -> dict:
+        """``device_batch`` plus each process's stop flag, one per row (``with_stop_flag``)."""
+        flags = np.full(len(local["weight"]), float(stop), np.float32)
+        return {
+            **device_batch(local),
+            **pipeline.to_global_batch({"stop": flags}, run.batch_sharding),
+        }
 
     def next_images(n: int):
         """The images of the next n training batches, read through a copy of the iterator's
@@ -291,72 +327,103 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
     window: list[float] = []
     t_last, seen_last = time.perf_counter(), start_step
 
-    def check(step: int, metrics: dict) -> float:
-        return check_finite(step, metrics, manager.latest_step(), ckpt_dir)
+    stopping = False  # a stop signal reached some process: save and stop after this step
 
-    for step in range(start_step, total_steps):
-        local = next(data_iter)
-        if order_log is not None:
-            order_log.write({"step": step, "index": local["index"].tolist()})
-        state, metrics = train_step(state, device_batch(local), jax.random.fold_in(train_key, step))
-        # Reading the previous step's metrics lets the device run ahead by one step.
-        if pending is not None:
-            window.append(check(*pending))
-        pending = (step, metrics)
-        bar.update()
-        done = step + 1
-        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
-        if done % tcfg.log_every == 0 or end_of_epoch:
-            # Every step up to here is checked before anything is saved below.
-            window.append(check(*pending))
-            pending = None
-            now = time.perf_counter()
-            record = {
-                "step": done,
-                "epoch": done / steps_per_epoch,
-                "split": "train",
-                "loss": float(np.mean(window)),
-                "lr": float(run.schedule(step)),
-                "images_per_s": (done - seen_last) * tcfg.batch_size / (now - t_last),
-                # Wall-clock seconds since this (possibly resumed) run started, compile included.
-                "seconds": now - t_start,
-            }
-            metrics_log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            window, t_last, seen_last = [], now, done
-        if end_of_epoch:
-            val = None
-            epoch = done // steps_per_epoch
-            val_every = max(1, int(tcfg.get("val_every_epochs", 1)))
-            if split["val"] and (epoch % val_every == 0 or done == total_steps):
-                state = with_precise_bn(state)
-                val = validate(predictor, state, shards, split["val"], config.eval.threshold)
-                metrics_log.write(
-                    {"step": done, "epoch": done / steps_per_epoch, "split": "val", **val}
-                )
-                bar.set_postfix(val_dice=f"{val['dice']:.3f}")
-            metrics = state_lib.checkpoint_metrics(val)
-            metric = metrics[state_lib.BEST_METRIC] if metrics else None
-            now = time.perf_counter()
-            # The last step always ends an epoch, so the final state is always saved here.
-            if checkpoint_due(
-                epoch=epoch,
-                final=done == total_steps,
-                every_epochs=tcfg.checkpoint_every_epochs,
-                min_seconds=tcfg.get("checkpoint_min_seconds", 0.0),
-                since_last=None if last_save is None else now - last_save,
-                metric=metric,
-                best=best_saved,
-            ):
-                if not split["val"]:
+    def check(step: int, metrics: dict) -> float:
+        """The step's loss (checked finite); sets ``stopping`` when the step's batch carried a
+        stop flag. Metrics are read at the same steps on every process (one step late, and at
+        each log step), so every process sets it in the same iteration."""
+        nonlocal stopping
+        loss = check_finite(step, metrics, manager.latest_step(), ckpt_dir)
+        stopping = stopping or float(metrics["stop"]) > 0
+        return loss
+
+    with preemption.StopSignals(announce=is_main) as signals:
+        for step in range(start_step, total_steps):
+            local = next(data_iter)
+            if order_log is not None:
+                order_log.write({"step": step, "index": local["index"].tolist()})
+            state, metrics = train_step(
+                state, train_batch(local, signals.requested), jax.random.fold_in(train_key, step)
+            )
+            # Reading the previous step's metrics lets the device run ahead by one step.
+            if pending is not None:
+                window.append(check(*pending))
+            pending = (step, metrics)
+            bar.update()
+            done = step + 1
+            end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+            if done % tcfg.log_every == 0 or end_of_epoch:
+                # Every step up to here is checked before anything is saved below.
+                window.append(check(*pending))
+                pending = None
+                now = time.perf_counter()
+                record = {
+                    "step": done,
+                    "epoch": done / steps_per_epoch,
+                    "split": "train",
+                    "loss": float(np.mean(window)),
+                    "lr": float(run.schedule(step)),
+                    "images_per_s": (done - seen_last) * tcfg.batch_size / (now - t_last),
+                    # Wall-clock seconds since this (possibly resumed) run started, with compiling.
+                    "seconds": now - t_start,
+                }
+                metrics_log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                window, t_last, seen_last = [], now, done
+            if end_of_epoch:
+                val = None
+                epoch = done // steps_per_epoch
+                val_every = max(1, int(tcfg.get("val_every_epochs", 1)))
+                if split["val"] and (epoch % val_every == 0 or done == total_steps):
                     state = with_precise_bn(state)
-                state_lib.save_state(manager, done, state, data_iter=data_iter, metrics=metrics)
-                last_save = now
-                if metric is not None and math.isfinite(metric):
-                    best_saved = metric if best_saved is None else max(best_saved, metric)
-            t_last = time.perf_counter()  # validation time is not training throughput
+                    val = validate(predictor, state, shards, split["val"], config.eval.threshold)
+                    metrics_log.write(
+                        {"step": done, "epoch": done / steps_per_epoch, "split": "val", **val}
+                    )
+                    bar.set_postfix(val_dice=f"{val['dice']:.3f}")
+                metrics = state_lib.checkpoint_metrics(val)
+                metric = metrics[state_lib.BEST_METRIC] if metrics else None
+                now = time.perf_counter()
+                # The last step always ends an epoch, so the final state is always saved here.
+                if checkpoint_due(
+                    epoch=epoch,
+                    final=done == total_steps,
+                    every_epochs=tcfg.checkpoint_every_epochs,
+                    min_seconds=tcfg.get("checkpoint_min_seconds", 0.0),
+                    since_last=None if last_save is None else now - last_save,
+                    metric=metric,
+                    best=best_saved,
+                ):
+                    if not split["val"]:
+                        state = with_precise_bn(state)
+                    state_lib.save_state(manager, done, state, data_iter=data_iter, metrics=metrics)
+                    last_save = now
+                    if metric is not None and math.isfinite(metric):
+                        best_saved = metric if best_saved is None else max(best_saved, metric)
+                t_last = time.perf_counter()  # validation time is not training throughput
+            if stopping and done < total_steps:
+                # Every process read the same flags at the same steps: all stop here.
+                if pending is not None:
+                    window.append(check(*pending))
+                    pending = None
+                if manager.latest_step() != done:
+                    state_lib.save_state(manager, done, state, data_iter=data_iter)
+                manager.wait_until_finished()
+                bar.close()
+                raise StopRequested(
+                    f"{signals.name or 'a stop signal on another process'}: checkpoint saved at "
+                    f"step {done} of {total_steps} in {ckpt_dir}; run the same command again to "
+                    "resume there"
+                )
     bar.close()
     manager.wait_until_finished()
+    if stop_signal_anywhere(signals.requested):
+        # A signal after the last batch: training is saved, the rest (evaluation) is not run.
+        raise StopRequested(
+            f"{signals.name or 'a stop signal on another process'}: training finished and saved "
+            f"at step {total_steps} in {ckpt_dir}; run the same command again to go on from there"
+        )
 
     # ---------------------------------------------------------------- best checkpoint
     step, best_val = state_lib.pick_step(manager)

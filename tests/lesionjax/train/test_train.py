@@ -79,41 +79,39 @@ def _order(workdir: Path) -> dict[int, list[int]]:
     return {r["step"]: r["index"] for r in _read_jsonl(workdir / "data_order.jsonl")}
 
 
-@pytest.mark.slow
-def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
-    tiny_main_command, child_env, checkpoint_params, tmp_path
-):
-    def cmd(workdir):
-        return tiny_main_command(
-            workdir, "--config.data.windows=('brain','ich')", "--config.train.epochs=6"
-        )
-
-    env = child_env(2)
-    reference = tmp_path / "reference"
-    subprocess.run(cmd(reference), env=env, check=True, capture_output=True)
-
-    resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(
-        cmd(resumed),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def _six_epochs(tiny_main_command, workdir):
+    return tiny_main_command(
+        workdir, "--config.data.windows=('brain','ich')", "--config.train.epochs=6"
     )
-    deadline = time.time() + 300
-    ckpt = resumed / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_main_command, child_env, tmp_path_factory) -> Path:
+    """The six-epoch tiny demo run from start to end: what every interrupted run must end as."""
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(
+        _six_epochs(tiny_main_command, workdir), env=child_env(2), check=True, capture_output=True
+    )
+    return workdir
+
+
+def _saved_steps(workdir: Path) -> list[int]:
+    ckpt = workdir / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.glob("*") if p.name.isdigit()) if ckpt.exists() else []
+
+
+def _wait_for(proc, condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        steps = [int(p.name) for p in ckpt.glob("*") if p.name.isdigit()] if ckpt.exists() else []
-        if steps:
-            break
+        if condition():
+            return
         time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(int(p.name) for p in ckpt.glob("*") if p.name.isdigit())
+    proc.kill()
+    raise AssertionError(f"training ended (status {proc.returncode}) before {what}")
 
-    out = subprocess.run(cmd(resumed), env=env, check=True, capture_output=True, text=True)
-    assert f"at step {killed_at}" in out.stdout + out.stderr
 
+def _assert_same_run(reference: Path, resumed: Path, checkpoint_params) -> None:
+    """``resumed`` (interrupted and restarted) ended as the uninterrupted ``reference``."""
     ref_order, res_order = _order(reference), _order(resumed)
     assert sorted(res_order) == sorted(ref_order)
     assert res_order == ref_order
@@ -131,11 +129,131 @@ def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
     for r, v in zip(ref, res, strict=True):
         for key in ("dice", "precision", "recall", "pred_voxels"):
             assert v[key] == pytest.approx(r[key], abs=1e-6), (r["case_id"], key)
-    # Steps logged between the checkpoint and the kill appear once in each log.
+    # Steps logged between the checkpoint and the interruption appear once in each log.
     steps = [r["step"] for r in _read_jsonl(resumed / "metrics.jsonl") if r["split"] == "train"]
     assert steps == sorted(set(steps))
     order_steps = [r["step"] for r in _read_jsonl(resumed / "data_order.jsonl")]
     assert order_steps == list(range(last))
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
+    tiny_main_command, child_env, checkpoint_params, uninterrupted_run, tmp_path
+):
+    env = child_env(2)
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(
+        _six_epochs(tiny_main_command, resumed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for(proc, lambda: _saved_steps(resumed), "its first checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_saved_steps(resumed))
+
+    out = subprocess.run(
+        _six_epochs(tiny_main_command, resumed), env=env, check=True, capture_output=True, text=True
+    )
+    assert f"at step {killed_at}" in out.stdout + out.stderr
+    _assert_same_run(uninterrupted_run, resumed, checkpoint_params)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_in_flight_exits_75_and_resumes_there(
+    tiny_main_command, child_env, checkpoint_params, uninterrupted_run, tmp_path
+):
+    """A preemption notice (SIGTERM) in the middle of epoch 2: the step in flight finishes, a
+    checkpoint is saved at once (not at the epoch's end), the job exits with status 75, and the
+    same command resumes there and ends as the uninterrupted run."""
+    env = child_env(2)
+    steps_per_epoch = len(_order(uninterrupted_run)) // 6
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _six_epochs(tiny_main_command, run),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    order = run / "data_order.jsonl"
+    signalled_after = steps_per_epoch + steps_per_epoch // 2
+    _wait_for(
+        proc,
+        lambda: order.exists() and len(order.read_text().splitlines()) >= signalled_after,
+        "the middle of epoch 2",
+    )
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 75, out[-3000:]
+    assert "Traceback" not in out
+    stopped = [line for line in out.splitlines() if line.startswith("stopped: SIGTERM: ")]
+    assert len(stopped) == 1, out[-3000:]
+    saved_at = int(stopped[0].split("checkpoint saved at step ")[1].split()[0])
+    # Saved within a few steps of the signal, before the epoch's end (its own save, not the
+    # epoch's), and the data order logged stops there.
+    assert signalled_after <= saved_at < 2 * steps_per_epoch, (signalled_after, saved_at)
+    assert max(_saved_steps(run)) == saved_at
+    assert len(_read_jsonl(order)) == saved_at
+
+    out = subprocess.run(
+        _six_epochs(tiny_main_command, run), env=env, check=True, capture_output=True, text=True
+    )
+    assert f"at step {saved_at}" in out.stdout + out.stderr
+    _assert_same_run(uninterrupted_run, run, checkpoint_params)
+
+
+# Kills the process (SIGKILL: nothing runs after it) when Orbax commits its second checkpoint,
+# after every file of it is written and before the rename that makes it a checkpoint.
+KILL_AT_SECOND_COMMIT = """
+import os, signal, sys
+from orbax.checkpoint._src.path import async_path
+
+real_rename = async_path.rename
+committed = []
+
+async def rename(src, dst):
+    if dst.name.isdigit():
+        committed.append(dst.name)
+        if len(committed) == 2:
+            print(f"killed while committing step {dst.name}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return await real_rename(src, dst)
+
+if __name__ == "__main__":  # (not in the shard builder's spawned workers)
+    async_path.rename = rename
+    sys.argv = ["lesionjax.main", *sys.argv[1:]]
+    from lesionjax.main import cli
+    cli()
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(
+    tiny_main_command, child_env, checkpoint_params, uninterrupted_run, tmp_path
+):
+    env = child_env(2)
+    script = tmp_path / "kill_at_commit.py"
+    script.write_text(KILL_AT_SECOND_COMMIT)
+    run = tmp_path / "run"
+    command = _six_epochs(tiny_main_command, run)
+    assert command[1:3] == ["-m", "lesionjax.main"]
+    out = subprocess.run(
+        [command[0], str(script), *command[3:]], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == -signal.SIGKILL, out.stdout[-2000:] + out.stderr[-2000:]
+    killed = out.stdout.split("killed while committing step ")[1].split()[0]
+    first = _saved_steps(run)
+    # The first checkpoint is still there (the policy keeps one latest: it must not have been
+    # deleted before the second was committed), the second is not a checkpoint.
+    assert len(first) == 1 and first[0] < int(killed), (first, killed)
+    leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.isdigit()]
+    assert any(killed in name for name in leftovers), leftovers
+
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    assert f"at step {first[0]}" in out.stdout + out.stderr
+    _assert_same_run(uninterrupted_run, run, checkpoint_params)
 
 
 @pytest.mark.slow
