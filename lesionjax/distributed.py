@@ -2,7 +2,8 @@
 
 ``initialize_from_env`` must run before any JAX computation. ``agree_on_error`` lets work done
 on process 0 alone (building shards) fail on every process at once, instead of leaving the
-others waiting at a barrier.
+others waiting at a barrier. ``peer_lost`` recognises the error a process gets when another
+process of its job has died, so that the command can say so and exit instead of waiting.
 """
 
 from __future__ import annotations
@@ -19,6 +20,26 @@ MAX_ERROR_BYTES = 4096
 
 class DistributedSetupError(UserError):
     """The environment asks for several processes but they cannot meet."""
+
+
+class PeerLostError(UserError):
+    """Another process of this job stopped (killed, crashed, its host lost)."""
+
+
+# What JAX's runtime says when a collective or the coordination service loses a process: gloo
+# (CPU) fails at once with "Connection closed by peer"; NCCL hangs until the coordination
+# service misses the process's heartbeats (LESIONJAX_HEARTBEAT_TIMEOUT) and reports it.
+PEER_LOST_SIGNS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "coordinationservice",
+    "heartbeat",
+    "tasks have crashed",
+    "barrier timed out",
+    "deadline_exceeded",
+    "unavailable:",
+)
 
 
 def _slurm_tasks() -> int:
@@ -66,6 +87,8 @@ def initialize_from_env() -> bool:
     import jax
 
     timeout = int(os.environ.get("LESIONJAX_INIT_TIMEOUT", "300"))
+    # Seconds without a heartbeat after which the others are told a process is dead.
+    heartbeat = int(os.environ.get("LESIONJAX_HEARTBEAT_TIMEOUT", "100"))
     coordinator = os.environ.get("LESIONJAX_COORDINATOR")
     if coordinator:
         try:
@@ -78,14 +101,43 @@ def initialize_from_env() -> bool:
                 "must be set to integers too"
             ) from None
         jax.distributed.initialize(
-            coordinator, num_processes=n, process_id=pid, initialization_timeout=timeout
+            coordinator,
+            num_processes=n,
+            process_id=pid,
+            initialization_timeout=timeout,
+            heartbeat_timeout_seconds=heartbeat,
         )
         return True
     check_slurm_step()
     if _slurm_tasks() > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
-        jax.distributed.initialize(initialization_timeout=timeout)
+        jax.distributed.initialize(
+            initialization_timeout=timeout, heartbeat_timeout_seconds=heartbeat
+        )
         return True
     return False
+
+
+def peer_lost(err: BaseException) -> PeerLostError | None:
+    """A PeerLostError explaining ``err`` when it (or an exception it was raised from) is the
+    runtime's report of a lost process in a multi-process job; None otherwise."""
+    import jax
+
+    if jax.process_count() == 1:
+        return None
+    seen, current = set(), err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        if any(sign in text.lower() for sign in PEER_LOST_SIGNS):
+            first = next((line.strip() for line in text.splitlines() if line.strip()), text)
+            n = jax.process_count()
+            return PeerLostError(
+                f"process {jax.process_index()} of {n}: another process of this job stopped "
+                f"({first[:300]}); stopping this one too. Start all {n} processes again to "
+                "resume from the last checkpoint"
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def agree_on_error(error: str | None, name: str) -> str | None:

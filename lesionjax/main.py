@@ -7,7 +7,9 @@ Override any config value with ``--config.a.b=value``; pick a variant with
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -25,24 +27,47 @@ def main(argv) -> int:
         # Orbax and grain log every save at INFO; keep the console to the progress bar.
         logging.set_verbosity(logging.WARNING)
 
-    def body() -> int:
-        from lesionjax.distributed import initialize_from_env
+    several = False
 
-        initialize_from_env()  # before any JAX computation
+    def body() -> int:
+        nonlocal several
+        from lesionjax.distributed import initialize_from_env, peer_lost
+
+        several = initialize_from_env()  # before any JAX computation
         import jax
 
         from lesionjax.tasks import format_result, run_task
 
         config = config_flag_value(_CONFIG, sys.argv)
         workdir = Path(_WORKDIR.value or Path("runs") / config.get("name", "run"))
-        summary = run_task(config, workdir)
+        try:
+            summary = run_task(config, workdir)
+        except Exception as err:
+            lost = peer_lost(err)
+            if lost is None:
+                raise
+            raise lost from None
         if jax.process_index() == 0:
             print(format_result(summary))
             print(f"report: {summary['report']}")
             print(f"summary: {summary.get('summary_path', workdir / 'eval' / 'summary.json')}")
         return 0
 
-    return run_command(body)
+    try:
+        status = run_command(body)
+    except Exception:
+        if not several:
+            raise
+        traceback.print_exc()
+        status = 1
+    if several and status != 0:
+        # JAX's exit handler waits at a shutdown barrier for every process; a process that
+        # died (or one that stopped alone) would keep this one there for minutes, then abort.
+        # Every checkpoint is committed or not there at all, so nothing is lost by leaving now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def cli() -> None:

@@ -225,7 +225,6 @@ def save_state(manager, step: int, state, *, data_iter=None, metrics: dict | Non
     save that is not a candidate for the best checkpoint (no validation at this step)."""
     import grain
     import orbax.checkpoint as ocp
-
     from absl import logging
 
     items = {"state": ocp.args.StandardSave(state)}

@@ -2,8 +2,10 @@
 that trains as one process with four devices does, and fails together."""
 
 import json
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(cmd, child_env, tmp_path, timeout=600):
-    """Runs ``cmd`` as process 0 and 1 of one job; returns (return codes, logs)."""
+def _start_two(cmd, child_env, tmp_path, name="proc", **env_extra):
+    """Starts ``cmd`` as process 0 and 1 of one job: [(Popen, open log file)], logs in
+    tmp_path / f"{name}{i}.log"."""
     port = _free_port()
     procs = []
     for i in range(2):
@@ -28,9 +31,16 @@ def _two_processes(cmd, child_env, tmp_path, timeout=600):
             LESIONJAX_COORDINATOR=f"127.0.0.1:{port}",
             LESIONJAX_NUM_PROCESSES="2",
             LESIONJAX_PROCESS_ID=str(i),
+            **env_extra,
         )
-        log = open(tmp_path / f"proc{i}.log", "w")  # noqa: SIM115 - closed below
+        log = open(tmp_path / f"{name}{i}.log", "w")  # noqa: SIM115 - closed by the caller
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _two_processes(cmd, child_env, tmp_path, timeout=600):
+    """Runs ``cmd`` as process 0 and 1 of one job; returns (return codes, logs)."""
+    procs = _start_two(cmd, child_env, tmp_path)
     codes = []
     for proc, log in procs:
         try:
@@ -112,3 +122,45 @@ def test_a_shard_build_failure_on_process_0_stops_both_processes(
         assert codes[i] == 1, logs[i][-3000:]
         assert line in logs[i].splitlines(), logs[i][-3000:]
         assert "Traceback" not in logs[i]
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_soon_and_both_resume_on_restart(
+    tiny_main_command, child_env, tmp_path
+):
+    """Process 1 is killed (SIGKILL: an out-of-memory kill, a lost host) after the first
+    checkpoint: process 0 must not wait for it (JAX's shutdown barrier would hold it for
+    minutes and then abort) but exit within a bounded time with a message; starting both
+    again resumes from that checkpoint and finishes."""
+    workdir = tmp_path / "run"
+    cmd = tiny_main_command(workdir, "--config.train.epochs=6")
+    procs = _start_two(cmd, child_env, tmp_path, LESIONJAX_HEARTBEAT_TIMEOUT="20")
+    ckpt = workdir / "checkpoints"
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and all(p.poll() is None for p, _ in procs):
+            if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+                break
+            time.sleep(0.05)
+        assert all(p.poll() is None for p, _ in procs), "training ended before the kill"
+        saved = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()]
+        procs[1][0].send_signal(signal.SIGKILL)
+        killed = time.time()
+        procs[0][0].wait(timeout=120)
+        waited = time.time() - killed
+    finally:
+        for proc, log in procs:
+            proc.kill()
+            log.close()
+    log0 = (tmp_path / "proc0.log").read_text()
+    assert procs[0][0].returncode == 1, log0[-3000:]
+    assert waited < 60, waited  # measured: 2 s (gloo fails at once; the heartbeat is 20 s)
+    lines = [line for line in log0.splitlines() if line.startswith("error: process 0 of 2: ")]
+    assert len(lines) == 1 and "another process of this job stopped" in lines[0], log0[-3000:]
+    assert "Traceback" not in log0
+
+    codes, logs = _two_processes(cmd, child_env, tmp_path)
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    resumed_at = int(logs[0].split(f"resumed from {ckpt} at step ")[1].split()[0])
+    assert resumed_at >= max(saved)  # the checkpoint seen before the kill, or a later one
+    assert (workdir / "eval" / "summary.json").exists()
