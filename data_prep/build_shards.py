@@ -324,13 +324,32 @@ def build_shards(
             f"{out_dir / SKIPPED})"
         )
     manifest = build_manifest(entries, plan, n_folds, seed, out_dir, folds)
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    manifest = write_unless_same(out_dir / MANIFEST, manifest)
     skipped_path = out_dir / SKIPPED
     if skipped:
         atomic_write_json(skipped_path, skipped)
     elif skipped_path.exists():
         skipped_path.unlink()
     return manifest, skipped
+
+
+def write_unless_same(path: Path, data: dict) -> dict:
+    """Writes ``data`` as JSON to ``path`` (atomically) unless the file already holds the same
+    apart from its "created" date; returns what the file holds. A rebuild that reuses every
+    volume so leaves the shard folder untouched: one shared by several jobs may be a read-only
+    mount (a gcsfuse bucket, a shared disk)."""
+
+    def comparable(d: dict) -> dict:  # through JSON: tuples and lists compare alike
+        return json.loads(json.dumps({k: v for k, v in d.items() if k != "created"}))
+
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = None
+    if isinstance(current, dict) and comparable(current) == comparable(data):
+        return current
+    atomic_write_json(path, data)
+    return data
 
 
 def plan_for_cases(dataset: str, cases: Sequence[CaseFiles], options: Mapping) -> PreprocessingPlan:
@@ -438,7 +457,7 @@ def build_3d(
     fingerprint, fp_problems = dataset_fingerprint(dataset, cases, workers=workers)
     if not fingerprint["cases"]:
         raise BuildError(f"{src}: no case could be read ({len(fp_problems)} problems)")
-    atomic_write_json(out / FINGERPRINT, fingerprint)
+    write_unless_same(out / FINGERPRINT, fingerprint)
     plan = plan3d.make_plan(
         fingerprint,
         memory_gb=memory_gb,
@@ -455,7 +474,7 @@ def build_3d(
             "foreground_intensity": fingerprint["foreground_intensity"],
         }
     )
-    atomic_write_json(out / PLANS, plan)
+    write_unless_same(out / PLANS, plan)
     manifests: dict[str, dict] = {}
     skipped: list[dict] = []
     folds = None

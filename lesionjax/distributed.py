@@ -80,9 +80,12 @@ def initialize_from_env() -> bool:
 
     Explicit: ``LESIONJAX_COORDINATOR=host:port``, ``LESIONJAX_NUM_PROCESSES``,
     ``LESIONJAX_PROCESS_ID`` (local multi-process and any launcher). Automatic: SLURM
-    (``SLURM_NTASKS`` > 1, inside an ``srun`` step) and Cloud TPU pods, where JAX discovers the
-    rest itself. ``LESIONJAX_INIT_TIMEOUT`` (seconds, default 300) bounds the wait for the
-    other processes. Returns True when JAX was initialized for several processes.
+    (``SLURM_NTASKS`` > 1, inside an ``srun`` step), Cloud TPU pods (``TPU_WORKER_HOSTNAMES``)
+    and ``LESIONJAX_DISTRIBUTED=auto`` (what ``launch/tpu_vm.sh`` sets: any cluster JAX can
+    detect), where JAX discovers the rest itself. ``LESIONJAX_INIT_TIMEOUT`` (seconds, default
+    300) bounds the wait for the other processes, ``LESIONJAX_HEARTBEAT_TIMEOUT`` (seconds,
+    default 100) how long a silent process counts as alive. Returns True when JAX was
+    initialized for several processes.
     """
     import jax
 
@@ -109,7 +112,8 @@ def initialize_from_env() -> bool:
         )
         return True
     check_slurm_step()
-    if _slurm_tasks() > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    auto = os.environ.get("LESIONJAX_DISTRIBUTED", "").lower() == "auto"
+    if _slurm_tasks() > 1 or os.environ.get("TPU_WORKER_HOSTNAMES") or auto:
         jax.distributed.initialize(
             initialization_timeout=timeout, heartbeat_timeout_seconds=heartbeat
         )
