@@ -163,3 +163,23 @@ def agree_on_error(error: str | None, name: str) -> str | None:
     if received[0] == 0:
         return None
     return bytes(received[1:]).rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+def allgather_objects(obj) -> list:
+    """Every process's ``obj`` (picklable), in process order, on every process (two small
+    all-gathers: the lengths, then the bytes padded to the longest)."""
+    import pickle
+
+    import jax
+
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(obj), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
+    lengths = lengths.reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [pickle.loads(row[:n].tobytes()) for row, n in zip(gathered, lengths, strict=True)]

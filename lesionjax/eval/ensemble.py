@@ -54,3 +54,11 @@ class EnsemblePredictor:
     def predict_volume(self, state, image):
         del state
         return ensemble_probabilities(self.members, image, tta=self.tta)
+
+    def on_local_devices(self, state):
+        """(the ensemble over this process's devices alone, ``state``), or None when a member's
+        predictor cannot move there (evaluation then runs in lock-step)."""
+        if not all(hasattr(m.predictor, "on_local_devices") for m in self.members):
+            return None
+        members = [Member(*m.predictor.on_local_devices(m.state)) for m in self.members]
+        return EnsemblePredictor(members, tta=self.tta), state

@@ -95,13 +95,89 @@ def evaluate_cases(
     original mask on the scan's native grid) the probabilities are mapped back to that grid
     (``GridChain.to_native``, linear) and thresholded there, and every metric is in the native
     grid's physical units; ``dice_shard`` keeps the shard-grid Dice for reference. Each volume's
-    dict names its ``grid``."""
+    dict names its ``grid``.
+
+    Several processes: the volumes are split between them (balanced by slices), each predicts
+    its share on its own devices (``predictor.on_local_devices``), and every process gets all
+    the results, in ``case_ids`` order, each volume's dict naming the ``process`` that predicted
+    it. A predictor without ``on_local_devices`` (or one returning None) is run in lock-step on
+    the global mesh instead, every process on every volume."""
+    share, moved = list(case_ids), None
+    if jax.process_count() > 1:
+        move = getattr(predictor, "on_local_devices", None)
+        moved = move(state) if move is not None else None
+    if moved is not None:
+        predictor, state = moved
+        share = process_share(shards, case_ids, jax.process_index(), jax.process_count())
+    per_volume, candidates, false_positives = _evaluate_share(
+        predictor,
+        state,
+        shards,
+        share,
+        threshold=threshold,
+        n_overlays=n_overlays,
+        progress=progress and jax.process_index() == 0,
+        auc=auc,
+        surface=surface,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        native_truth=native_truth,
+    )
+    if moved is not None:
+        from lesionjax.distributed import allgather_objects
+
+        # Only what may be chosen travels: each process's best overlay candidates.
+        keep = max(1, n_overlays)
+        parts = allgather_objects((per_volume, candidates[:keep], false_positives[:1]))
+        by_case = {v["case_id"]: v for part, _, _ in parts for v in part}
+        per_volume = [by_case[c] for c in case_ids]
+        candidates = sorted((c for _, cs, _ in parts for c in cs), key=lambda c: -c[0])
+        false_positives = sorted((f for _, _, fs in parts for f in fs), key=lambda c: -c[0])
+    # The largest lesions show what the model gets right; the worst lesion-free volume shows
+    # where it hallucinates.
+    chosen = candidates[: max(1, n_overlays - 1)] + false_positives[:1]
+    if len(chosen) < n_overlays:
+        chosen = candidates[:n_overlays]
+    return per_volume, [example for _, example in chosen[:n_overlays]]
+
+
+def process_share(
+    shards: ShardSet, case_ids: Sequence[str], process: int, n_processes: int
+) -> list[str]:
+    """The volumes of ``case_ids`` that ``process`` predicts: the largest first, each to the
+    process with the fewest slices so far (ties: the lowest process), the same on every
+    process; returned in ``case_ids`` order."""
+    load = [0] * n_processes
+    owner = {}
+    order = sorted(case_ids, key=lambda c: -int(shards.volume(c)["n_slices"]))
+    for case_id in order:
+        p = min(range(n_processes), key=lambda i: (load[i], i))
+        owner[case_id] = p
+        load[p] += int(shards.volume(case_id)["n_slices"])
+    return [c for c in case_ids if owner[c] == process]
+
+
+def _evaluate_share(
+    predictor,
+    state,
+    shards: ShardSet,
+    case_ids: Sequence[str],
+    *,
+    threshold: float,
+    n_overlays: int,
+    progress: bool,
+    auc: bool,
+    surface: bool,
+    nsd_tolerance_mm: float,
+    native_truth,
+) -> tuple[list[dict], list, list]:
+    """evaluate_cases on ``case_ids`` with ``predictor`` as given: (per-volume dicts, overlay
+    candidates of lesion volumes, of lesion-free ones with false positives), each candidate
+    (voxels, example), largest first."""
     from tqdm import tqdm
 
     source = shards.source()
     per_volume, candidates, false_positives = [], [], []
-    show = progress and jax.process_index() == 0
-    for case_id in tqdm(case_ids, desc="evaluate", unit="vol", disable=not show):
+    for case_id in tqdm(case_ids, desc="evaluate", unit="vol", disable=not progress):
         vol = shards.read_volume(case_id, source)
         probs = predictor.predict_volume(state, vol["image"])
         pred = probs >= threshold
@@ -138,6 +214,7 @@ def evaluate_cases(
                 "fold": entry["fold"],
                 "subtypes": subtypes,
                 "grid": grid_name,
+                "process": jax.process_index(),
                 **metrics,
             }
         )
@@ -151,12 +228,7 @@ def evaluate_cases(
             )
     candidates.sort(key=lambda c: -c[0])
     false_positives.sort(key=lambda c: -c[0])
-    # The largest lesions show what the model gets right; the worst lesion-free volume shows
-    # where it hallucinates.
-    chosen = candidates[: max(1, n_overlays - 1)] + false_positives[:1]
-    if len(chosen) < n_overlays:
-        chosen = candidates[:n_overlays]
-    return per_volume, [example for _, example in chosen[:n_overlays]]
+    return per_volume, candidates, false_positives
 
 
 def select_feature_slices(

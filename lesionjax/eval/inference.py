@@ -1,10 +1,12 @@
 """Slice-wise inference over whole volumes on the device mesh.
 
-Every process calls these functions with the same volume (multi-process runs evaluate in
-lock-step); the batch axis is sharded over the mesh's ``data`` axis and the probabilities come
-back replicated, so any process can read them and only process 0 writes results. Each device
-takes the rows its sharding names (``jax.make_array_from_callback``), whatever the mesh's device
-order: on TPU meshes a process's devices need not hold a contiguous block of the batch.
+On the global mesh, every process calls these functions with the same volume (lock-step); the
+batch axis is sharded over the mesh's ``data`` axis and the probabilities come back replicated,
+so any process can read them. Each device takes the rows its sharding names
+(``jax.make_array_from_callback``), whatever the mesh's device order: on TPU meshes a process's
+devices need not hold a contiguous block of the batch. ``on_local_devices`` gives the same
+predictor over this process's devices alone, with which each process predicts volumes of its
+own (``evaluate_cases`` splits held-out volumes across processes that way).
 """
 
 from __future__ import annotations
@@ -19,7 +21,43 @@ from jax.sharding import PartitionSpec as P
 from lesionjax.core.windows import uint8_to_unit
 
 
-class VolumePredictor:
+def local_mesh() -> Mesh:
+    """This process's devices alone, on one ``data`` axis."""
+    return Mesh(np.array(jax.local_devices()), ("data",))
+
+
+def state_on(state, mesh: Mesh):
+    """A replicated ``state`` (every leaf whole on each device) copied onto ``mesh``, replicated:
+    from this process's own copy, no communication."""
+    replicated = NamedSharding(mesh, P())
+
+    def move(x):
+        if isinstance(x, jax.Array):
+            return jax.device_put(x.addressable_data(0), replicated)
+        return x
+
+    return jax.tree.map(move, state)
+
+
+class LocalDevices:
+    """``on_local_devices(state) -> (predictor, state)`` for predictors built from
+    ``(predict_fn, mesh, state_sharding, *args, **kwargs)``: the same predictor over
+    ``local_mesh()`` (built once), and ``state`` copied there."""
+
+    def _remember(self, predict_fn, args: tuple, kwargs: dict) -> None:
+        self._rebuild = (predict_fn, args, kwargs)
+        self._local = None
+
+    def on_local_devices(self, state):
+        if self._local is None:
+            predict_fn, args, kwargs = self._rebuild
+            mesh = local_mesh()
+            self._local = type(self)(predict_fn, mesh, NamedSharding(mesh, P()), *args, **kwargs)
+            self._local._local = self._local
+        return self._local, state_on(state, self._local.mesh)
+
+
+class VolumePredictor(LocalDevices):
     """Wraps ``predict_fn(state, image (B, H, W, C) f32) -> probs (B, H, W, 1)`` for volumes."""
 
     def __init__(
@@ -34,6 +72,10 @@ class VolumePredictor:
         """compiler_options: XLA options of the jitted batch (``train_compiler_options()`` on
         CPU: convolutions on Eigen; 1.18x PyTorch's inference against 0.90 without, on the 2-core
         VM of ``benchmarks/RESULTS.md``)."""
+        self._remember(
+            predict_fn, (), {"batch_size": batch_size, "compiler_options": compiler_options}
+        )
+        self.mesh = mesh
         n_data = mesh.shape["data"]
         self.batch_size = max(n_data, -(-batch_size // n_data) * n_data)
         self._batch_sharding = NamedSharding(mesh, P("data"))

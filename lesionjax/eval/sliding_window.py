@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lesionjax.core.windows import uint8_to_unit
+from lesionjax.eval.inference import LocalDevices
 
 SIGMA_SCALE = 1.0 / 8.0
 STEP = 0.5
@@ -74,7 +75,7 @@ def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-class SlidingWindowPredictor:
+class SlidingWindowPredictor(LocalDevices):
     """Wraps ``predict_fn(state, image (B, X, Y, Z, C) f32) -> probs (B, X, Y, Z, 1)`` for
     whole volumes (see the module docstring)."""
 
@@ -94,6 +95,18 @@ class SlidingWindowPredictor:
         """compiler_options: XLA options of the jitted window batch (the train step's
         ``train_compiler_options()`` on CPU: convolutions on Eigen, see ``benchmarks/RESULTS.md``).
         """
+        self._remember(
+            predict_fn,
+            (patch,),
+            {
+                "batch_size": batch_size,
+                "step": step,
+                "sigma_scale": sigma_scale,
+                "mirror_axes": mirror_axes,
+                "compiler_options": compiler_options,
+            },
+        )
+        self.mesh = mesh
         n_data = mesh.shape["data"]
         self.batch_size = max(n_data, -(-batch_size // n_data) * n_data)
         self.patch = tuple(int(n) for n in patch)

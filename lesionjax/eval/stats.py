@@ -24,6 +24,7 @@ NON_METRIC_KEYS = frozenset(
     {
         "case_id",
         "fold",
+        "process",
         "gt_voxels",
         "pred_voxels",
         "gt_ml",

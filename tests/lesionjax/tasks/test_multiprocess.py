@@ -106,8 +106,17 @@ def test_two_processes_train_like_one_process_with_one_writer(
     one = json.loads((single / "eval" / "per_volume.json").read_text())
     two = json.loads((workdir / "eval" / "per_volume.json").read_text())
     assert [v["case_id"] for v in two] == [v["case_id"] for v in one]
+    # The held-out volumes were split between the two processes (each predicted its own on
+    # its own devices), not predicted by both in lock-step, and gave the one-process numbers.
+    assert {v["process"] for v in one} == {0}
+    assert sorted(v["process"] for v in two) == [0, 1], [v["process"] for v in two]
+    # (Parameters 0.06% apart flip a few voxels at the threshold. This barely trained model's
+    # 95th-percentile distances, 133-154 mm, come from scattered false positives and moved by
+    # up to 0.37 mm (0.24%) in measured runs; the overlap measures by less than 1e-3.)
     for a, b in zip(one, two, strict=True):
-        assert b["dice"] == pytest.approx(a["dice"], abs=1e-3), a["case_id"]
+        for key in ("dice", "precision", "recall", "nsd"):
+            assert b[key] == pytest.approx(a[key], abs=1e-3, nan_ok=True), (a["case_id"], key)
+        assert b["hd95"] == pytest.approx(a["hd95"], rel=1e-2, nan_ok=True), a["case_id"]
 
 
 @pytest.mark.slow
@@ -153,11 +162,18 @@ def test_a_killed_process_stops_the_other_soon_and_both_resume_on_restart(
             proc.kill()
             log.close()
     log0 = (tmp_path / "proc0.log").read_text()
-    assert procs[0][0].returncode == 1, log0[-3000:]
-    assert waited < 60, waited  # measured: 2 s (gloo fails at once; the heartbeat is 20 s)
-    lines = [line for line in log0.splitlines() if line.startswith("error: process 0 of 2: ")]
-    assert len(lines) == 1 and "another process of this job stopped" in lines[0], log0[-3000:]
-    assert "Traceback" not in log0
+    assert waited < 60, waited  # measured: 1-2 s (the heartbeat timeout is 20 s here)
+    # Whichever notices first: the next collective fails (gloo: "connection closed by peer"),
+    # which becomes our one error line and status 1; or JAX's coordination service (here on
+    # process 0, the coordinator) sees the task die and JAX terminates the process itself with
+    # its own message and an abort. Both were seen, about half the time each.
+    ours = [line for line in log0.splitlines() if line.startswith("error: process 0 of 2: ")]
+    if procs[0][0].returncode == 1:
+        assert len(ours) == 1 and "another process of this job stopped" in ours[0], log0[-3000:]
+        assert "Traceback" not in log0
+    else:
+        assert procs[0][0].returncode == -signal.SIGABRT, log0[-3000:]
+        assert "This most likely indicates that another task died" in log0, log0[-3000:]
 
     codes, logs = _two_processes(cmd, child_env, tmp_path)
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
