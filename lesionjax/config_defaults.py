@@ -103,6 +103,10 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.train.precise_bn_batches = 0  # > 0: BN statistics averaged over N batches before val/save
     c.train.val_every_epochs = 1  # validate every N epochs (and after the last)
     c.train.log_data_order = False  # write data_order.jsonl (record indices of every batch)
+    # "auto": bf16 on GPUs and TPUs, float32 on the CPU; or "float32" / "bf16". bf16 computes
+    # convolutions and activations in bfloat16; parameters, optimizer state, normalization
+    # statistics and the loss stay float32.
+    c.train.precision = "auto"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"

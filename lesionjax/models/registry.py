@@ -93,11 +93,14 @@ def check_model_config(m) -> None:
         raise ConfigError(f"model.output_prior={prior}: expected a probability in (0, 1), or 0")
 
 
-def model_from_config(m, in_channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The model of a config's ``model`` section, its output bias at ``model.output_prior``."""
+def model_from_config(m, in_channels: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Module:
+    """The model of a config's ``model`` section, its output bias at ``model.output_prior``.
+    ``dtype``: the compute dtype (default float32); parameters are float32 whatever it is."""
     check_model_config(m)
     spec = _spec(m.name)
     options = {k: m[k] for k in spec.options if k in m}
+    if dtype is not None:
+        options["dtype"] = dtype
     model = spec.cls(in_channels, m.out_channels, tuple(m.features), rngs=rngs, **options)
     if m.get("output_prior", 0.0):
         set_output_prior(model, m.output_prior)

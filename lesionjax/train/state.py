@@ -50,6 +50,24 @@ def checkpoint_metrics(val: dict | None) -> dict | None:
     return {BEST_METRIC: dice}
 
 
+PRECISIONS = ("auto", "float32", "bf16")
+
+
+def compute_dtype(precision: str, backend: str | None = None):
+    """The models' compute dtype for ``train.precision``: "auto" is bfloat16 on GPUs and TPUs
+    (``backend``, default JAX's) and float32 on the CPU, where bfloat16 convolutions are slow."""
+    import jax.numpy as jnp
+
+    from lesionjax.core.errors import ConfigError
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        backend = backend or jax.default_backend()
+        precision = "float32" if backend == "cpu" else "bf16"
+    return jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+
 def make_mesh() -> Mesh:
     """All devices on one ``data`` axis (parameters replicated).
 
@@ -127,8 +145,10 @@ def build_run_state(
         total_steps=total_steps or steps_per_epoch * config.train.epochs,
     )
 
+    dtype = compute_dtype(config.train.get("precision", "auto"))
+
     def model_fn(rngs: nnx.Rngs) -> nnx.Module:
-        return model_from_config(config.model, in_channels, rngs=rngs)
+        return model_from_config(config.model, in_channels, rngs=rngs, dtype=dtype)
 
     graphdef, init_fn = step_lib.make_init_fn(model_fn, tx)
     abstract = jax.eval_shape(init_fn, jax.random.key(0))

@@ -112,6 +112,8 @@ def make_train_step(
             model = nnx.merge(graphdef, params, model_state, copy=True)
             # Rngs is created here, in the trace where dropout advances its counter.
             outputs = model(batch["image"], train=True, rngs=nnx.Rngs(dropout=dropout_key))
+            # The loss and its reductions in float32 whatever the compute dtype (bf16).
+            outputs = jax.tree.map(lambda o: o.astype(jnp.float32), outputs)
             loss = deep_supervision_loss(loss_fn, outputs, batch["mask"], batch["weight"])
             # BatchNorm wrote its updated running averages into the merged module.
             _, _, new_model_state = _split(model)

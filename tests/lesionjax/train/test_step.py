@@ -180,3 +180,57 @@ def test_optimizer_rejects_bad_steps_per_epoch():
 def test_optimizer_is_an_optax_transformation():
     tx, _ = step_lib.make_optimizer(1e-3, 10)
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_precision_auto_is_bf16_on_accelerators_and_float32_on_the_cpu():
+    from lesionjax.core.errors import ConfigError
+    from lesionjax.train.state import compute_dtype
+
+    assert compute_dtype("auto", "cpu") == jnp.float32
+    assert compute_dtype("auto", "gpu") == jnp.bfloat16
+    assert compute_dtype("auto", "tpu") == jnp.bfloat16
+    assert compute_dtype("float32", "tpu") == jnp.float32
+    assert compute_dtype("bf16", "cpu") == jnp.bfloat16
+    with pytest.raises(ConfigError, match="train.precision='fp16'"):
+        compute_dtype("fp16")
+
+
+@pytest.mark.slow
+def test_bf16_computes_in_bfloat16_and_keeps_float32_state():
+    """One step of the same model from the same weights on the same batch, in float32 and in
+    bf16: the bf16 forward really is bfloat16 (its logits are, and its loss differs a little
+    from float32's), and the updated parameters and optimizer state stay float32."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from flax import nnx
+
+    from lesionjax.losses import get_loss
+    from lesionjax.models.registry import model_from_config
+    from lesionjax.train import step as step_lib
+
+    m = ml_collections.ConfigDict(
+        {"name": "unet2d", "out_channels": 1, "features": (8, 16, 32), "norm": "batch"}
+    )
+    tx, _ = step_lib.make_optimizer(1e-3, 10)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (4, 32, 32, 2)).astype(np.float32)
+    mask = (image[..., :1] > 0.7).astype(np.float32)
+    batch = {"image": image, "mask": mask, "weight": np.ones(4, np.float32)}
+    results = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = model_from_config(m, 2, rngs=nnx.Rngs(0), dtype=dtype)
+        logits = model(jnp.asarray(image), train=False)
+        assert logits.dtype == dtype
+        graphdef, init = step_lib.make_init_fn(
+            lambda rngs, d=dtype: model_from_config(m, 2, rngs=rngs, dtype=d), tx
+        )
+        state = init(jax.random.key(0))
+        step = jax.jit(step_lib.make_train_step(graphdef, tx, get_loss("batch_dice")))
+        new_state, metrics = step(state, batch, jax.random.key(1))
+        leaves = jax.tree.leaves((new_state.params, new_state.model_state, new_state.opt_state))
+        assert {x.dtype for x in leaves if x.ndim} == {jnp.dtype(jnp.float32)}
+        assert metrics["loss"].dtype == jnp.float32
+        results[dtype] = float(metrics["loss"])
+    difference = abs(results[jnp.bfloat16] - results[jnp.float32])
+    assert 0 < difference < 2e-2, results

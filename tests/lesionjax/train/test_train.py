@@ -406,3 +406,38 @@ def test_precise_bn_only_before_saves_gives_the_run_that_computes_it_every_epoch
     assert losses_end == pytest.approx(losses_all, abs=1e-6)
     for a, b in zip(leaves_all, leaves_end, strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_bf16_training_lowers_the_loss_and_saves_float32(tiny_shards, tmp_path):
+    import orbax.checkpoint as ocp
+
+    from lesionjax.train.trainer import train
+
+    config = tiny_config(
+        tiny_shards,
+        **{
+            "train.epochs": 12,
+            "train.batch_size": 4,
+            "train.precision": "bf16",
+            "optim.decay_rate": 1.0,
+            "data.policy": "lesion",
+            "data.val_fold": -1,
+        },
+    )
+    shards = ShardSet.load(tiny_shards)
+    result = train(config, tmp_path, shards, sampling.split_case_ids(shards, 0, None))
+    losses = [r["loss"] for r in _read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.05, (first, last)
+    # Everything saved is float32 (parameters, BN statistics, Adam moments), the step int32.
+    path = tmp_path / "checkpoints" / str(result.checkpoint_step) / "state"
+    meta = ocp.StandardCheckpointer().metadata(path.absolute()).item_metadata
+    dtypes = {str(m.dtype) for m in jax_leaves(meta)}
+    assert dtypes == {"float32", "int32"}, dtypes
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
