@@ -15,8 +15,10 @@ iterator state is checkpointed with the model.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import grain
 import numpy as np
 
 from lesionjax.core import records
@@ -39,6 +41,42 @@ class WeightedSlices:
     def __getitem__(self, i: int) -> tuple[int, float, bytes]:
         index = int(self._indices[i])
         return index, float(self._weights[i]), self._source[index]
+
+
+class EpochShuffled(grain.MapDataset):
+    """``parent`` (a grain MapDataset of n elements) shuffled with a new permutation every epoch
+    and repeated forever: element i of the stream is ``parent[perm_e[i % n]]`` with
+    e = i // n and ``perm_e = default_rng([seed, e]).permutation(n)``.
+
+    What ``parent.shuffle(seed).repeat(None)`` does, with numpy's permutation (computed once per
+    epoch) instead of grain's per-index Feistel shuffle, which cost 0.39 ms per slice on this
+    CPU: 40 % of the 2D pipeline's time (``benchmarks/pipeline.py``).
+    """
+
+    def __init__(self, parent, seed: int):
+        super().__init__(parent)
+        self._seed, self._n, self._perms = int(seed), len(parent), {}
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __str__(self) -> str:
+        return f"EpochShuffled(seed={self._seed})"
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            if len(self._perms) >= 2:  # the readers are at most one epoch apart
+                self._perms.clear()
+            perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
+            self._perms[epoch] = perm
+        return perm
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(int(index), self._n)
+        return self._parent[int(self._perm(epoch)[position])]
 
 
 def decode_example(item: tuple[int, float, bytes]) -> dict[str, np.ndarray]:
@@ -80,10 +118,8 @@ def make_train_dataset(
             f"{global_batch}; lower the batch size or add data"
         )
     local_batch = global_batch // process_count
-    ds = (
-        grain.MapDataset.source(WeightedSlices(shards.source(), indices, weights))
-        .shuffle(seed=seed)
-        .repeat(None)
+    ds = EpochShuffled(
+        grain.MapDataset.source(WeightedSlices(shards.source(), indices, weights)), seed
     )
     ds = ds.map(decode_example).batch(local_batch, drop_remainder=True)
     return process_stream(

@@ -99,3 +99,29 @@ def test_too_few_slices_for_a_batch_is_a_clear_error(shards):
     idx, w = sampling.sample_training_slices(shards, _all_ids(shards)[:1], "lesion")
     with pytest.raises(ValueError, match="training slices for a global batch"):
         pipeline.make_train_dataset(shards, idx, w, global_batch=1000, seed=0)
+
+
+def test_worker_processes_give_the_stream_of_one_process_and_resume_from_its_state(shards):
+    """mp_prefetch workers (the pickled dataset, the stop-signal-ignoring initializer) give the
+    batches the in-process pipeline gives, and a restored iterator state goes on where it was."""
+    idx, w = sampling.sample_training_slices(shards, _all_ids(shards), "all")
+    steps = 2 * len(idx) // 4 + 3  # into a third epoch
+    inline = _take(pipeline.make_train_dataset(shards, idx, w, global_batch=4, seed=5), steps)
+    ds = pipeline.make_train_dataset(shards, idx, w, global_batch=4, seed=5, worker_count=1)
+    it = iter(ds)
+    first = [next(it)["index"] for _ in range(steps - 4)]
+    state = it.get_state()
+    resumed = iter(ds)
+    resumed.set_state(state)
+    rest = [next(resumed)["index"] for _ in range(4)]
+    for a, b in zip(inline, first + rest, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_epoch_shuffle_is_numpys_permutation_per_epoch():
+    import grain
+
+    ds = pipeline.EpochShuffled(grain.MapDataset.range(7), seed=3)
+    for epoch in (0, 1, 5):
+        expected = np.random.default_rng([3, epoch]).permutation(7)
+        assert [ds[epoch * 7 + i] for i in range(7)] == expected.tolist()
