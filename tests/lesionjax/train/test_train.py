@@ -39,6 +39,12 @@ def tiny_config(shards_dir: Path, **overrides):
     return config
 
 
+def _assert_the_loss_fell(losses: list[float]) -> None:
+    """The mean of the last three logged losses is at least 0.05 below the first three's."""
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.05, (first, last)
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -63,9 +69,7 @@ def test_short_training_lowers_the_loss_and_evaluates(tiny_shards, tmp_path):
     log = _read_jsonl(tmp_path / "metrics.jsonl")
     train_log = [r for r in log if r["split"] == "train"]
     assert [r["step"] for r in train_log] == list(range(1, len(train_log) + 1))  # log_every=1
-    train_losses = [r["loss"] for r in train_log]
-    first, last = sum(train_losses[:3]) / 3, sum(train_losses[-3:]) / 3
-    assert last < first - 0.05, (first, last)
+    _assert_the_loss_fell([r["loss"] for r in train_log])
     val = [r for r in log if r["split"] == "val"]
     assert [r["epoch"] for r in val] == list(range(1, 26))
     # The evaluated state is the best checkpoint's: every new best validation Dice is saved
@@ -410,6 +414,7 @@ def test_precise_bn_only_before_saves_gives_the_run_that_computes_it_every_epoch
 
 @pytest.mark.slow
 def test_bf16_training_lowers_the_loss_and_saves_float32(tiny_shards, tmp_path):
+    import jax
     import orbax.checkpoint as ocp
 
     from lesionjax.train.trainer import train
@@ -427,17 +432,10 @@ def test_bf16_training_lowers_the_loss_and_saves_float32(tiny_shards, tmp_path):
     )
     shards = ShardSet.load(tiny_shards)
     result = train(config, tmp_path, shards, sampling.split_case_ids(shards, 0, None))
-    losses = [r["loss"] for r in _read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < first - 0.05, (first, last)
+    log = _read_jsonl(tmp_path / "metrics.jsonl")
+    _assert_the_loss_fell([r["loss"] for r in log if r["split"] == "train"])
     # Everything saved is float32 (parameters, BN statistics, Adam moments), the step int32.
     path = tmp_path / "checkpoints" / str(result.checkpoint_step) / "state"
     meta = ocp.StandardCheckpointer().metadata(path.absolute()).item_metadata
-    dtypes = {str(m.dtype) for m in jax_leaves(meta)}
+    dtypes = {str(m.dtype) for m in jax.tree.leaves(meta)}
     assert dtypes == {"float32", "int32"}, dtypes
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
