@@ -121,6 +121,33 @@ def tiny_run_seed1(tiny_main_command, tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
+# The overrides of the multi-process comparisons: one epoch at lr 1e-3 (the tiny demo's 1e-2 is
+# chaotic: reduction-order noise between one process and two grows to ~1e-2 in the loss).
+MULTIPROCESS_OVERRIDES = (
+    "--config.train.epochs=1",
+    "--config.train.log_every=1",
+    "--config.train.precise_bn_batches=2",
+    "--config.optim.lr=1e-3",
+)
+
+
+@pytest.fixture(scope="session")
+def one_process_run(tiny_main_command, tmp_path_factory) -> pathlib.Path:
+    """The tiny demo with ``MULTIPROCESS_OVERRIDES`` as one process with 4 devices: what a
+    two-process run (2 devices each) must give (read-only)."""
+    import subprocess
+
+    workdir = tmp_path_factory.mktemp("one_process") / "run"
+    command = tiny_main_command(workdir, *MULTIPROCESS_OVERRIDES)
+    subprocess.run(command, env=subprocess_env(4), check=True, capture_output=True)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def multiprocess_overrides():
+    return MULTIPROCESS_OVERRIDES
+
+
 def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
     """Environment for a child JAX process on the CPU with ``devices`` fake devices."""
     env = dict(os.environ)

@@ -19,11 +19,10 @@ LAUNCH = REPO / "launch"
 
 @pytest.mark.slow
 def test_local_sh_runs_two_processes_with_one_writer_like_one_process(
-    tiny_main_command, child_env, tmp_path
+    tiny_main_command, child_env, one_process_run, multiprocess_overrides, tmp_path
 ):
-    overrides = ("--config.train.epochs=1", "--config.optim.lr=1e-3")  # see test_multiprocess
     workdir = tmp_path / "two"
-    command = tiny_main_command(workdir, *overrides)
+    command = tiny_main_command(workdir, *multiprocess_overrides)
     assert command[:3] == [sys.executable, "-m", "lesionjax.main"]
     logs = tmp_path / "logs"
     out = subprocess.run(
@@ -45,10 +44,7 @@ def test_local_sh_runs_two_processes_with_one_writer_like_one_process(
     assert all(len(r["index"]) == 2 for r in order)  # process 0's half of each batch of 4
 
     # The same job as one process with the same 4 devices in all.
-    single = tmp_path / "one"
-    subprocess.run(
-        tiny_main_command(single, *overrides), env=child_env(4), check=True, capture_output=True
-    )
+    single = one_process_run
     one_order = [json.loads(x) for x in (single / "data_order.jsonl").read_text().splitlines()]
     assert [r["index"][:2] for r in one_order] == [r["index"] for r in order]
     one = json.loads((single / "eval" / "per_volume.json").read_text())

@@ -54,17 +54,13 @@ def _two_processes(cmd, child_env, tmp_path, timeout=600):
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_with_one_writer(
-    tiny_main_command, child_env, checkpoint_params, tmp_path
-):
+    tiny_main_command, child_env, checkpoint_params, one_process_run, multiprocess_overrides,
+    tmp_path,
+):  # fmt: skip
     # lr 1e-3 and one epoch (18 steps): the tiny demo's 1e-2 is chaotic (reduction-order noise
     # between one process and two, ~1e-7 at first, grows to ~1e-2 in the loss by step 36), and
     # even at 1e-3 it grows from 6e-8 at step 11 to 5e-5 in the loss by step 30.
-    overrides = (
-        "--config.train.epochs=1",
-        "--config.train.log_every=1",
-        "--config.train.precise_bn_batches=2",
-        "--config.optim.lr=1e-3",
-    )
+    overrides = multiprocess_overrides
     workdir = tmp_path / "run"
     codes, logs = _two_processes(tiny_main_command(workdir, *overrides), child_env, tmp_path)
     for i, code in enumerate(codes):
@@ -83,10 +79,7 @@ def test_two_processes_train_like_one_process_with_one_writer(
     # The same job as one process with four devices: the same global batches (process 0 held
     # the first half of each), the same losses step by step, and the same parameters and
     # evaluation, all within float noise (reductions run in another order across processes).
-    single = tmp_path / "single"
-    subprocess.run(
-        tiny_main_command(single, *overrides), env=child_env(4), check=True, capture_output=True
-    )
+    single = one_process_run
     single_order = [json.loads(x) for x in (single / "data_order.jsonl").read_text().splitlines()]
     assert [r["index"][:2] for r in single_order] == [r["index"] for r in order]
     single_records = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
@@ -142,7 +135,7 @@ def test_a_killed_process_stops_the_other_soon_and_both_resume_on_restart(
     minutes and then abort) but exit within a bounded time with a message; starting both
     again resumes from that checkpoint and finishes."""
     workdir = tmp_path / "run"
-    cmd = tiny_main_command(workdir, "--config.train.epochs=6")
+    cmd = tiny_main_command(workdir, "--config.train.epochs=3")
     procs = _start_two(cmd, child_env, tmp_path, LESIONJAX_HEARTBEAT_TIMEOUT="20")
     ckpt = workdir / "checkpoints"
     deadline = time.time() + 400

@@ -214,9 +214,9 @@ def test_bf16_computes_in_bfloat16_and_keeps_float32_state():
     )
     tx, _ = step_lib.make_optimizer(1e-3, 10)
     rng = np.random.default_rng(0)
-    image = rng.uniform(0, 1, (4, 32, 32, 2)).astype(np.float32)
+    image = rng.uniform(0, 1, (2, 16, 16, 2)).astype(np.float32)
     mask = (image[..., :1] > 0.7).astype(np.float32)
-    batch = {"image": image, "mask": mask, "weight": np.ones(4, np.float32)}
+    batch = {"image": image, "mask": mask, "weight": np.ones(2, np.float32)}
     results = {}
     for dtype in (jnp.float32, jnp.bfloat16):
         model = model_from_config(m, 2, rngs=nnx.Rngs(0), dtype=dtype)

@@ -83,18 +83,21 @@ def _order(workdir: Path) -> dict[int, list[int]]:
     return {r["step"]: r["index"] for r in _read_jsonl(workdir / "data_order.jsonl")}
 
 
-def _six_epochs(tiny_main_command, workdir):
+EPOCHS = 4
+
+
+def _epochs(tiny_main_command, workdir):
     return tiny_main_command(
-        workdir, "--config.data.windows=('brain','ich')", "--config.train.epochs=6"
+        workdir, "--config.data.windows=('brain','ich')", f"--config.train.epochs={EPOCHS}"
     )
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(tiny_main_command, child_env, tmp_path_factory) -> Path:
-    """The six-epoch tiny demo run from start to end: what every interrupted run must end as."""
+    """The tiny demo run from start to end: what every interrupted run must end as."""
     workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
     subprocess.run(
-        _six_epochs(tiny_main_command, workdir), env=child_env(2), check=True, capture_output=True
+        _epochs(tiny_main_command, workdir), env=child_env(2), check=True, capture_output=True
     )
     return workdir
 
@@ -147,7 +150,7 @@ def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
     env = child_env(2)
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(
-        _six_epochs(tiny_main_command, resumed),
+        _epochs(tiny_main_command, resumed),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -158,7 +161,7 @@ def test_killed_training_resumes_from_the_checkpoint_with_the_same_data_order(
     killed_at = max(_saved_steps(resumed))
 
     out = subprocess.run(
-        _six_epochs(tiny_main_command, resumed), env=env, check=True, capture_output=True, text=True
+        _epochs(tiny_main_command, resumed), env=env, check=True, capture_output=True, text=True
     )
     assert f"at step {killed_at}" in out.stdout + out.stderr
     _assert_same_run(uninterrupted_run, resumed, checkpoint_params)
@@ -172,10 +175,10 @@ def test_sigterm_saves_the_step_in_flight_exits_75_and_resumes_there(
     checkpoint is saved at once (not at the epoch's end), the job exits with status 75, and the
     same command resumes there and ends as the uninterrupted run."""
     env = child_env(2)
-    steps_per_epoch = len(_order(uninterrupted_run)) // 6
+    steps_per_epoch = len(_order(uninterrupted_run)) // EPOCHS
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        _six_epochs(tiny_main_command, run),
+        _epochs(tiny_main_command, run),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -202,7 +205,7 @@ def test_sigterm_saves_the_step_in_flight_exits_75_and_resumes_there(
     assert len(_read_jsonl(order)) == saved_at
 
     out = subprocess.run(
-        _six_epochs(tiny_main_command, run), env=env, check=True, capture_output=True, text=True
+        _epochs(tiny_main_command, run), env=env, check=True, capture_output=True, text=True
     )
     assert f"at step {saved_at}" in out.stdout + out.stderr
     _assert_same_run(uninterrupted_run, run, checkpoint_params)
@@ -241,7 +244,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(
     script = tmp_path / "kill_at_commit.py"
     script.write_text(KILL_AT_SECOND_COMMIT)
     run = tmp_path / "run"
-    command = _six_epochs(tiny_main_command, run)
+    command = _epochs(tiny_main_command, run)
     assert command[1:3] == ["-m", "lesionjax.main"]
     out = subprocess.run(
         [command[0], str(script), *command[3:]], env=env, capture_output=True, text=True
