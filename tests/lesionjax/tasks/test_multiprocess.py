@@ -135,7 +135,7 @@ def test_a_killed_process_stops_the_other_soon_and_both_resume_on_restart(
     minutes and then abort) but exit within a bounded time with a message; starting both
     again resumes from that checkpoint and finishes."""
     workdir = tmp_path / "run"
-    cmd = tiny_main_command(workdir, "--config.train.epochs=3")
+    cmd = tiny_main_command(workdir, "--config.train.epochs=2")
     procs = _start_two(cmd, child_env, tmp_path, LESIONJAX_HEARTBEAT_TIMEOUT="20")
     ckpt = workdir / "checkpoints"
     deadline = time.time() + 400

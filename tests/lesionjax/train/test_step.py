@@ -195,42 +195,25 @@ def test_precision_auto_is_bf16_on_accelerators_and_float32_on_the_cpu():
         compute_dtype("fp16")
 
 
-@pytest.mark.slow
-def test_bf16_computes_in_bfloat16_and_keeps_float32_state():
-    """One step of the same model from the same weights on the same batch, in float32 and in
-    bf16: the bf16 forward really is bfloat16 (its logits are, and its loss differs a little
-    from float32's), and the updated parameters and optimizer state stay float32."""
-    import jax
-    import jax.numpy as jnp
+def test_bf16_models_compute_in_bfloat16_with_float32_parameters():
+    """The compute dtype reaches every layer (the logits come out bfloat16, and differ from
+    the float32 model's by bfloat16 rounding, not more), while every parameter and BatchNorm
+    statistic is float32. (That training in bf16 lowers the loss and saves float32 state:
+    ``test_train.py``.)"""
     import ml_collections
-    from flax import nnx
 
-    from lesionjax.losses import get_loss
     from lesionjax.models.registry import model_from_config
-    from lesionjax.train import step as step_lib
 
-    m = ml_collections.ConfigDict(
-        {"name": "unet2d", "out_channels": 1, "features": (8, 16, 32), "norm": "batch"}
-    )
-    tx, _ = step_lib.make_optimizer(1e-3, 10)
-    rng = np.random.default_rng(0)
-    image = rng.uniform(0, 1, (2, 16, 16, 2)).astype(np.float32)
-    mask = (image[..., :1] > 0.7).astype(np.float32)
-    batch = {"image": image, "mask": mask, "weight": np.ones(2, np.float32)}
-    results = {}
-    for dtype in (jnp.float32, jnp.bfloat16):
-        model = model_from_config(m, 2, rngs=nnx.Rngs(0), dtype=dtype)
-        logits = model(jnp.asarray(image), train=False)
-        assert logits.dtype == dtype
-        graphdef, init = step_lib.make_init_fn(
-            lambda rngs, d=dtype: model_from_config(m, 2, rngs=rngs, dtype=d), tx
-        )
-        state = init(jax.random.key(0))
-        step = jax.jit(step_lib.make_train_step(graphdef, tx, get_loss("batch_dice")))
-        new_state, metrics = step(state, batch, jax.random.key(1))
-        leaves = jax.tree.leaves((new_state.params, new_state.model_state, new_state.opt_state))
-        assert {x.dtype for x in leaves if x.ndim} == {jnp.dtype(jnp.float32)}
-        assert metrics["loss"].dtype == jnp.float32
-        results[dtype] = float(metrics["loss"])
-    difference = abs(results[jnp.bfloat16] - results[jnp.float32])
-    assert 0 < difference < 2e-2, results
+    image = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 2)), jnp.float32)
+    logits = {}
+    forward = nnx.jit(lambda model, x: model(x, train=False))
+    for name in ("unet2d",):
+        m = ml_collections.ConfigDict({"name": name, "out_channels": 1, "features": (8, 16, 32)})
+        for dtype in (jnp.float32, jnp.bfloat16):
+            model = model_from_config(m, 2, rngs=nnx.Rngs(0), dtype=dtype)
+            leaves = jax.tree.leaves(nnx.state(model))
+            assert {x.dtype for x in leaves} == {jnp.dtype(jnp.float32)}, name
+            logits[dtype] = forward(model, image)
+            assert logits[dtype].dtype == dtype, name
+        difference = jnp.abs(logits[jnp.bfloat16].astype(jnp.float32) - logits[jnp.float32])
+        assert 0 < float(difference.max()) < 0.1 * float(jnp.abs(logits[jnp.float32]).max()) + 0.05

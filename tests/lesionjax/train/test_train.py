@@ -83,7 +83,7 @@ def _order(workdir: Path) -> dict[int, list[int]]:
     return {r["step"]: r["index"] for r in _read_jsonl(workdir / "data_order.jsonl")}
 
 
-EPOCHS = 4
+EPOCHS = 3
 
 
 def _epochs(tiny_main_command, workdir):
