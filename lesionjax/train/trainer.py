@@ -202,12 +202,9 @@ def with_stop_flag(train_step: Callable) -> Callable:
 
 def stop_signal_anywhere(local: bool) -> bool:
     """Whether any process has ``local`` set (one small all-gather; no-op on one process)."""
-    if jax.process_count() == 1:
-        return local
-    from jax.experimental import multihost_utils
+    from lesionjax.distributed import allgather_objects
 
-    flags = multihost_utils.process_allgather(np.asarray([int(local)], np.int32))
-    return bool(np.max(flags))
+    return any(allgather_objects(bool(local)))
 
 
 def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
