@@ -62,7 +62,8 @@ def test_the_summary_compares_lesionjax_bf16_with_the_faster_torch_row():
         {"part": "3d", "variant": "torch-amp", "status": "failed: OutOfMemory"},
     ]
     # 2d: 300 / max(100, 200) and 900 / max(1000, 800); 3d has no torch row that ran.
-    assert bench.summary(rows, ["2d", "3d"]) == "ratio_train2d=1.50 ratio_infer2d=0.90 mfu2d_bf16=0.410"
+    expected = "ratio_train2d=1.50 ratio_infer2d=0.90 mfu2d_bf16=0.410"
+    assert bench.summary(rows, ["2d", "3d"]) == expected
 
 
 def test_run_sh_cpu_smoke_runs_every_part_and_writes_its_results(tmp_path):

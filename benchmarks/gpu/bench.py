@@ -345,7 +345,7 @@ def print_table(rows: list[dict], specs: dict) -> None:
         if row["status"] != "ok":
             print(f"{row['part']:<4} {row['variant']:<18} {row['status']}")
             continue
-        mfu = lambda k: f"{100 * row[k]:.1f}%" if k in row else "-"  # noqa: E731
+        mfu = lambda k, row=row: f"{100 * row[k]:.1f}%" if k in row else "-"  # noqa: E731
         print(
             f"{row['part']:<4} {row['variant']:<18} {fmt(row, 'train_img_s', '11.1f')} "
             f"{fmt(row, 'train_ms', '9.1f')} {fmt(row, 'train_tflops', '10.1f')} "
