@@ -107,6 +107,10 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # convolutions and activations in bfloat16; parameters, optimizer state, normalization
     # statistics and the loss stay float32.
     c.train.precision = "auto"
+    # Transfer: start from another run's weights (lesionjax.train.transfer), matched by path;
+    # init_parts "encoder", "encoder+decoder" or "all". "" = a fresh initialisation.
+    c.train.init_from = ""
+    c.train.init_parts = "all"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
@@ -147,6 +151,8 @@ def cascade3d_config() -> ml_collections.ConfigDict:
     # Folds to train now (() = all), as nnU-Net trains one fold per call; a later stage needs
     # every fold of the one before it (its out-of-fold priors).
     c.cascade.run_folds = ()
+    # Epochs per stage, in the order of cascade.stages; (): train.epochs for every stage.
+    c.cascade.stage_epochs = ()
     c.cascade.ensemble_size = 3  # the best folds by out-of-fold Dice, averaged
     c.cascade.evaluate_folds_on_test = True  # each fold model on the test set too (Table 1)
     # Workdirs of other finished cascades whose test rows join this run's table (e.g. the

@@ -45,10 +45,20 @@ from lesionjax.tasks.native import native_truth
 TABLE_KEYS = ("dice", "hd", "rvd", "nsd")
 
 
-def stage_config(config, stage_plan: dict, n_devices: int):
+def stage_config(config, stage_plan: dict, n_devices: int, index: int = 0):
     """``config`` with what it leaves empty taken from the stage's plan: patch, features,
-    pools, batch size (rounded up to the devices), axial-only rotation."""
+    pools, batch size (rounded up to the devices), axial-only rotation; and the epochs of stage
+    ``index`` (0-based, in ``cascade.stages``) when ``cascade.stage_epochs`` gives them."""
     c = config.copy_and_resolve_references()
+    stage_epochs = tuple(c.cascade.get("stage_epochs", ()))
+    if stage_epochs:
+        stages = tuple(c.cascade.stages)
+        if len(stage_epochs) != len(stages) or min(stage_epochs) < 1:
+            raise ConfigError(
+                f"cascade.stage_epochs={stage_epochs}: one positive number of epochs per stage "
+                f"of cascade.stages={stages} (or () for train.epochs in every stage)"
+            )
+        c.train.epochs = int(stage_epochs[index])
     if not tuple(c.data.patch):
         c.data.patch = tuple(stage_plan["patch"])
     if not tuple(c.model.features):
@@ -204,7 +214,7 @@ def run_cascade(config, workdir: Path) -> dict:
         shards = stage_sets[stage]
         if prior_dir is not None:
             shards = ShardSetWithPriors(shards, prior_dir)
-        cfg = stage_config(config, plan["stages"][stage], jax.device_count())
+        cfg = stage_config(config, plan["stages"][stage], jax.device_count(), index - 1)
         stage_dir = workdir / f"stage{index}_{stage}"
         next_set = stage_sets[stages[index]] if index < len(stages) else None
         next_priors = stage_dir / "priors" if next_set is not None else None

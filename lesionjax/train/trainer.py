@@ -26,7 +26,7 @@ from lesionjax.eval.evaluate_volumes import evaluate_cases
 from lesionjax.eval.inference import VolumePredictor
 from lesionjax.losses import get_loss
 from lesionjax.train import inputs as inputs_lib
-from lesionjax.train import preemption
+from lesionjax.train import preemption, transfer
 from lesionjax.train import state as state_lib
 from lesionjax.train import step as step_lib
 
@@ -218,6 +218,7 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             f"train.batch_size={tcfg.batch_size}: must be divisible by the {jax.device_count()} "
             "devices (each device takes an equal share of the batch)"
         )
+    transfer.check_init_config(tcfg)  # before any work
     inputs = inputs_lib.train_input(config, shards, split)
     steps_per_epoch = inputs.steps_per_epoch
     total_steps = steps_per_epoch * tcfg.epochs
@@ -303,8 +304,8 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             order_log.resume(keep_through=start_step - 1)  # stamped with the step's index
         if is_main:
             print(f"resumed from {ckpt_dir} at step {start_step}", flush=True)
-    else:
-        state = run.init_state(init_key)
+    else:  # a fresh start; with train.init_from, from another run's weights
+        state = transfer.init_from_run(run.init_state(init_key), tcfg, workdir, announce=is_main)
 
     # ---------------------------------------------------------------- training loop
     from tqdm import tqdm

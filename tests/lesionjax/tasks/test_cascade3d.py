@@ -69,6 +69,18 @@ def test_the_plan_fills_what_the_config_leaves_empty():
     assert tuple(d.model.features) == (8, 16, 32, 64) and len(d.model.pools) == 3
 
 
+def test_stage_epochs_give_each_stage_its_own_number_of_epochs():
+    config = _load("instance2022_cascade.py")
+    stage = {"patch": [64, 64, 32], "features": [32, 64], "pools": [[2, 2, 2]],
+             "batch_size": 2, "rotate_axial_only": False}  # fmt: skip
+    assert stage_config(config, stage, 1, index=1).train.epochs == config.train.epochs
+    config.cascade.stage_epochs = (3, 7)
+    assert [stage_config(config, stage, 1, index=i).train.epochs for i in (0, 1)] == [3, 7]
+    config.cascade.stage_epochs = (3,)  # one number for two stages
+    with pytest.raises(ConfigError, match=r"cascade.stage_epochs=\(3,\): one positive number"):
+        stage_config(config, stage, 1, index=0)
+
+
 def test_the_table_has_the_papers_rows():
     row = {"dice": 0.7, "hd": 20.0, "rvd": 0.2, "nsd": 0.5, "n": 3}
     rows = [
