@@ -330,9 +330,15 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
     def check(step: int, metrics: dict) -> float:
         """The step's loss (checked finite); sets ``stopping`` when the step's batch carried a
         stop flag. Metrics are read at the same steps on every process (one step late, and at
-        each log step), so every process sets it in the same iteration."""
+        each log step), so every process sets it in the same iteration. A non-finite loss
+        first lets the checkpoint still being written (asynchronously) finish: the error names
+        it as the one to resume from. (Every process sees the same global loss, so all wait.)"""
         nonlocal stopping
-        loss = check_finite(step, metrics, manager.latest_step(), ckpt_dir)
+        try:
+            loss = check_finite(step, metrics, manager.latest_step(), ckpt_dir)
+        except NonFiniteLossError:
+            manager.wait_until_finished()
+            raise
         stopping = stopping or float(metrics["stop"]) > 0
         return loss
 
