@@ -581,6 +581,12 @@ def _parser() -> argparse.ArgumentParser:
         "--normalize-method", choices=("percentile", "zscore"), default=None, help="MRI scheme"
     )
     parser.add_argument(
+        "--target",
+        choices=("lesion", "cavity"),
+        default=None,
+        help="what the shards' masks hold: lesions (default) or the cases' cavity masks (icm/)",
+    )
+    parser.add_argument(
         "--layout",
         choices=("2d", "3d"),
         default=None,
@@ -641,6 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "min_content": args.min_content,
         "normalize": args.normalize,
         "normalize_method": args.normalize_method,
+        "target": args.target,
     }
     options.update(plan_options({k: v for k, v in given.items() if v is not None}))
     if args.size == 0:  # an explicit 0 keeps the scan's size over a config's size

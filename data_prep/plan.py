@@ -26,6 +26,9 @@ from lesionjax.core.errors import ConfigError
 from lesionjax.core.windows import parse_windows
 
 MODALITIES = ("CT", "MR")
+# What the shards' "mask" holds: the lesion mask, or (intracranial-cavity models) the case's
+# cavity mask (its ``icm`` file), so the same 2D pipeline trains and scores either.
+TARGETS = ("lesion", "cavity")
 NORMALIZE_METHODS = ("percentile", "zscore")
 DEFAULT_PERCENTILES = (0.5, 99.5)
 MODALITY_DEFAULTS: dict[str, dict] = {
@@ -41,6 +44,7 @@ OPTION_FIELDS = (
     "min_content",
     "normalize",
     "normalize_method",
+    "target",
 )
 
 
@@ -55,6 +59,7 @@ class PreprocessingPlan:
     slice_range: (lo, hi) axial slices kept (Python slice semantics), None for all.
     min_content: keep slices with at least this fraction of tissue voxels (0: all).
     normalize: MRI percentile clipping (lo, hi). normalize_method: "percentile" | "zscore".
+    target: "lesion" (the case's mask) or "cavity" (its intracranial-cavity mask as the mask).
     """
 
     dataset: str
@@ -66,8 +71,11 @@ class PreprocessingPlan:
     min_content: float = 0.0
     normalize: tuple[float, float] = DEFAULT_PERCENTILES
     normalize_method: str = "percentile"
+    target: str = "lesion"
 
     def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ConfigError(f"data.target {self.target!r}: expected one of {TARGETS}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"modality {self.modality!r}: expected one of {MODALITIES}")
         try:
@@ -105,6 +113,8 @@ class PreprocessingPlan:
         """JSON-ready (lists for tuples), with the shard schema version it was written for."""
         d = dataclasses.asdict(self)
         d = {k: _lists(v) for k, v in d.items()}
+        if d["target"] == "lesion":  # the default is left out: older plans read (and hash) alike
+            del d["target"]
         d["schema_version"] = records.SCHEMA_VERSION
         return d
 
@@ -115,6 +125,11 @@ class PreprocessingPlan:
         if unknown:
             raise ConfigError(f"preprocessing plan: unknown fields {sorted(unknown)}")
         return cls(**{k: _tuples(v) for k, v in d.items() if k in fields})
+
+    def for_inference(self) -> PreprocessingPlan:
+        """The plan as a scan without labels is read for a prediction: what the training masks
+        held (a cavity model's ``target``) does not matter there."""
+        return self if self.target == "lesion" else dataclasses.replace(self, target="lesion")
 
     def fingerprint(self) -> str:
         """Changes whenever a shard built with this plan would differ."""

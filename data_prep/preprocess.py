@@ -145,9 +145,34 @@ def select_axial_slices(
     return keep
 
 
+def target_files(files: CaseFiles, target: str) -> CaseFiles:
+    """The case as a plan with ``target`` sees it: "lesion" as it is; "cavity": its
+    intracranial-cavity mask (``icm``) stands in for the lesion mask (a binary {0, 1} map, no
+    subtype map), so cavity models train and are scored by the lesion pipeline unchanged."""
+    if target == "lesion":
+        return files
+    if target != "cavity":
+        raise CaseError(f"{files.image}: unknown target {target!r} (lesion or cavity)")
+    if files.icm is None:
+        raise CaseError(
+            f"{files.image}: no intracranial-cavity mask (icm) for case {files.case_id}; a "
+            "cavity model trains and is scored only on cases that have one"
+        )
+    return dataclasses.replace(
+        files,
+        mask=files.icm,
+        mask_nonzero=False,
+        mask_labels=None,
+        subtypes=None,
+        slice_labels=None,
+        labelled=True,
+    )
+
+
 def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume:
     """Reads and prepares one case (see the module docstring). Raises CaseError naming the file
     and the problem for anything that makes the case unusable."""
+    files = target_files(files, plan.target)
     if files.modality != plan.modality:
         raise CaseError(
             f"{files.image}: a {files.modality} image, but the plan is for {plan.modality} "
@@ -258,10 +283,12 @@ def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume
     )
 
 
-def native_mask(files: CaseFiles, grid: GridChain) -> np.ndarray:
-    """The case's lesion mask on its native grid (the image file's voxels as stored; a DICOM
-    series: its de-tilted volume's), binarized as `preprocess_case` binarizes it: the ground
-    truth a prediction mapped back with ``grid.to_native`` is scored against."""
+def native_mask(files: CaseFiles, grid: GridChain, target: str = "lesion") -> np.ndarray:
+    """The case's lesion mask (``target="cavity"``: its cavity mask) on its native grid (the
+    image file's voxels as stored; a DICOM series: its de-tilted volume's), binarized as
+    `preprocess_case` binarizes it: the ground truth a prediction mapped back with
+    ``grid.to_native`` is scored against."""
+    files = target_files(files, target)
     if files.mask is None:
         raise CaseError(f"{files.image}: no mask found for case {files.case_id}")
     mask = load_nifti_ras(files.mask)

@@ -44,6 +44,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.data.normalize_method = (
         ""  # MRI: "percentile" | "zscore" (data_prep.intensity); "": the first
     )
+    # "lesion": train on the lesion masks; "cavity": on the cases' intracranial-cavity masks
+    # (icm/), as the cavity models of configs/cavity.py do.
+    c.data.target = "lesion"
     c.data.n_folds = 5
     c.data.fold_seed = 0
     c.data.test_fold = 0
@@ -123,6 +126,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # The final evaluation maps each prediction back to the scan's native grid and scores it
     # against the original mask file (physical units there); False: on the shard grid.
     c.eval.native = True
+    # Zero predictions outside the intracranial cavity before scoring (native grid): "" none,
+    # "dataset" the cases' own icm/ masks, or a cavity run folder (configs/cavity.py).
+    c.eval.cavity_mask = ""
     return c
 
 

@@ -1,7 +1,7 @@
 """Apply trained runs to new scans: masks on the scans' own grids, lesion volumes, overlays.
 
     python -m lesionjax.predict --model RUN|FILE.ljx [...] --input PATH --output DIR
-        [--tta] [--threshold T] [--save-probabilities] [--cavity-mask] [--dataset NAME]
+        [--tta] [--threshold T] [--save-probabilities] [--cavity-mask [RUN]] [--dataset NAME]
 
 PATH is a NIfTI file, a DICOM series folder, or a folder holding several of them (searched
 recursively: every ``.nii`` / ``.nii.gz`` file and every DICOM series is a scan), or, with
@@ -16,7 +16,8 @@ recursively: every ``.nii`` / ``.nii.gz`` file and every DICOM series is a scan)
    resize, slice selection, resampling and reorientation inverted; dropped slices are 0), then
    thresholded (default: the first run's ``eval.threshold``);
 4. ``--cavity-mask``: voxels outside the scan's own intracranial cavity mask set to 0 (datasets
-   that ship one, read with ``--dataset``);
+   that ship one, read with ``--dataset``); ``--cavity-mask RUN``: outside the cavity that the
+   cavity models of RUN (``configs/cavity.py``, ``lesionjax.tasks.cavity``) predict for it;
 5. written into DIR: ``<case>_mask.nii.gz`` (uint8 0/1) on the input's grid, with its affine,
    shape and header (a DICOM series: the de-tilted RAS+ volume's grid that
    ``data_prep.dicom`` reads it into); ``--save-probabilities``: ``<case>_prob.nii.gz``, uint8
@@ -362,7 +363,7 @@ def predict_scan(
     threshold: float,
     tta: bool,
     save_probabilities: bool,
-    cavity_mask: bool,
+    cavity_mask,
     overlay: bool = True,
     prepared: Sequence | None = None,
 ) -> dict:
@@ -404,7 +405,13 @@ def predict_scan(
     prepared, shard_probs = first
     grid = prepared.grid
     used_cavity = False
-    if cavity_mask and scan.files.icm is not None:
+    if hasattr(cavity_mask, "native_mask"):  # cavity models (lesionjax.tasks.cavity)
+        cavity = cavity_mask.native_mask(scan.files)
+        if cavity.shape != prob.shape:
+            raise PredictError(f"{scan.source}: cavity mask {cavity.shape} != {prob.shape}")
+        prob = np.where(cavity, prob, 0.0)
+        used_cavity = True
+    elif cavity_mask and scan.files.icm is not None:
         prob = np.where(_cavity(scan, grid), prob, 0.0)
         used_cavity = True
     mask = (prob >= threshold).astype(np.uint8)
@@ -418,7 +425,7 @@ def predict_scan(
         _save_nifti(out_dir / f"{scan.case_id}_prob.nii.gz", scaled, affine, header, slope=1 / 255)
     if overlay:
         shard_mask = shard_probs >= threshold
-        if used_cavity and prepared.icm is not None:
+        if used_cavity and prepared.icm is not None and not hasattr(cavity_mask, "native_mask"):
             shard_mask &= prepared.icm > 0
         plot_prediction_overlay(
             uint8_to_unit(prepared.channels[..., 0]),
@@ -456,9 +463,9 @@ def prepare_scan(scan: Scan, plans: Sequence) -> list:
     from data_prep.preprocess import preprocess_case
 
     return [
-        [preprocess_case(scan.files, p) for p in plan]
+        [preprocess_case(scan.files, p.for_inference()) for p in plan]
         if isinstance(plan, tuple)
-        else preprocess_case(scan.files, plan)
+        else preprocess_case(scan.files, plan.for_inference())
         for plan in plans
     ]
 
@@ -474,7 +481,7 @@ def predict_scans(
     threshold: float,
     tta: bool = False,
     save_probabilities: bool = False,
-    cavity_mask: bool = False,
+    cavity_mask=False,
     overlay: bool = True,
     progress: bool = True,
     read_ahead: bool = True,
@@ -541,7 +548,7 @@ def predict(
     tta: bool = False,
     threshold: float | None = None,
     save_probabilities: bool = False,
-    cavity_mask: bool = False,
+    cavity_mask: bool | str = False,
     step: int | None = None,
     progress: bool = True,
     overlay: bool = True,
@@ -553,6 +560,12 @@ def predict(
 
     out_dir = Path(out_dir)
     models, groups = model_groups(run_dirs, dataset=dataset, step=step)
+    if isinstance(cavity_mask, str | Path) and str(cavity_mask) != "dataset":
+        from lesionjax.tasks.cavity_mask import CavityModel
+
+        cavity_mask = CavityModel.load(Path(cavity_mask).expanduser())
+    elif isinstance(cavity_mask, str):
+        cavity_mask = True
     modality = models[0].plan.get("modality", "CT")
     if threshold is None:
         threshold = float(models[0].config.eval.threshold)
@@ -581,7 +594,7 @@ def predict(
     failures += failed
     for row in rows:
         row["models"] = members
-    if cavity_mask and rows and not any(r["cavity_mask"] for r in rows):
+    if cavity_mask is True and rows and not any(r["cavity_mask"] for r in rows):
         print(
             "warning: --cavity-mask: no scan came with a cavity mask (read a dataset that has "
             "them with --dataset NAME); the masks were written without it",
@@ -629,7 +642,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average with left-right mirrored input")
     p.add_argument("--threshold", type=float, default=None, help="default: the run's")
     p.add_argument("--save-probabilities", action="store_true", help="also <case>_prob.nii.gz")
-    p.add_argument("--cavity-mask", action="store_true", help="zero outside the cavity mask")
+    p.add_argument(
+        "--cavity-mask",
+        nargs="?",
+        const="dataset",
+        default=None,
+        metavar="RUN",
+        help="zero outside the intracranial cavity: the scans' own cavity masks (--dataset), or "
+        "the one the cavity models of RUN (configs/cavity.py) predict",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -661,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tta=args.tta,
             threshold=args.threshold,
             save_probabilities=args.save_probabilities,
-            cavity_mask=args.cavity_mask,
+            cavity_mask=args.cavity_mask or False,
             step=args.step,
             progress=not args.no_progress,
             overlay=not args.no_overlays,

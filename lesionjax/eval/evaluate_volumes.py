@@ -83,6 +83,7 @@ def evaluate_cases(
     surface: bool = True,
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     native_truth: Callable[[str, GridChain], np.ndarray] | None = None,
+    native_filter: Callable[[str, GridChain], np.ndarray] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Per-volume metrics and overlay examples: the lesion volumes with the largest lesions and
     the lesion-free volume with the most false-positive voxels (if any). ``auc``: also the voxel
@@ -95,7 +96,9 @@ def evaluate_cases(
     original mask on the scan's native grid) the probabilities are mapped back to that grid
     (``GridChain.to_native``, linear) and thresholded there, and every metric is in the native
     grid's physical units; ``dice_shard`` keeps the shard-grid Dice for reference. Each volume's
-    dict names its ``grid``.
+    dict names its ``grid``. ``native_filter(case_id, grid) -> bool mask`` (with
+    ``native_truth``): the native probabilities are set to 0 outside it first (the intracranial
+    cavity, ``eval.cavity_mask``).
 
     Several processes: the volumes are split between them (balanced by slices), each predicts
     its share on its own devices (``predictor.on_local_devices``), and every process gets all
@@ -121,6 +124,7 @@ def evaluate_cases(
         surface=surface,
         nsd_tolerance_mm=nsd_tolerance_mm,
         native_truth=native_truth,
+        native_filter=native_filter,
     )
     if moved is not None:
         from lesionjax.distributed import allgather_objects
@@ -169,6 +173,7 @@ def _evaluate_share(
     surface: bool,
     nsd_tolerance_mm: float,
     native_truth,
+    native_filter=None,
 ) -> tuple[list[dict], list, list]:
     """evaluate_cases on ``case_ids`` with ``predictor`` as given: (per-volume dicts, overlay
     candidates of lesion volumes, of lesion-free ones with false positives), each candidate
@@ -198,6 +203,8 @@ def _evaluate_share(
             grid = GridChain.from_dict(entry["grid"])
             gt_native = native_truth(case_id, grid) > 0
             probs_native = grid.to_native(probs, order=1, fill=0.0)
+            if native_filter is not None:
+                probs_native = np.where(native_filter(case_id, grid), probs_native, 0.0)
             metrics = volume_metrics(
                 probs_native >= threshold,
                 gt_native,

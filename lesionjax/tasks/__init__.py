@@ -8,9 +8,10 @@ from pathlib import Path
 
 from lesionjax.core.errors import ConfigError
 from lesionjax.tasks.cascade3d import run_cascade
+from lesionjax.tasks.cavity import run_cavity
 from lesionjax.tasks.segment2d import run_segmentation
 
-TASKS = {"segment2d": run_segmentation, "cascade3d": run_cascade}
+TASKS = {"segment2d": run_segmentation, "cascade3d": run_cascade, "cavity": run_cavity}
 
 
 def run_task(config, workdir: Path) -> dict:

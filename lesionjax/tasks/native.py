@@ -29,6 +29,7 @@ def native_truth(config, workdir: Path) -> Callable[[str, GridChain], np.ndarray
     from data_prep.volumes import CaseError
 
     src = raw_dir(config, Path(workdir))
+    target = config.data.get("target", "lesion")
     cases: dict | None = None
 
     def get(case_id: str, grid: GridChain) -> np.ndarray:
@@ -48,7 +49,7 @@ def native_truth(config, workdir: Path) -> Callable[[str, GridChain], np.ndarray
                 "shard grid instead: eval.native=False, or evaluate --shard-grid)"
             )
         try:
-            return native_mask(cases[case_id], grid)
+            return native_mask(cases[case_id], grid, target)
         except (CaseError, OSError) as err:
             raise NativeTruthError(str(err)) from None
 

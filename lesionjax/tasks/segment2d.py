@@ -11,6 +11,7 @@ from lesionjax.core.errors import ConfigError, UserError
 from lesionjax.data import sampling
 from lesionjax.data.shards import ShardSet
 from lesionjax.eval.runs import write_preprocessing
+from lesionjax.tasks.cavity_mask import native_cavity_filter
 from lesionjax.tasks.data import prepare_shards
 from lesionjax.tasks.native import native_truth
 
@@ -72,6 +73,7 @@ def run_segmentation(config, workdir: Path) -> dict:
     t_train = time.perf_counter() - t0 - t_data
 
     native = config.eval.get("native", False)
+    cavity_filter = native_cavity_filter(config, workdir)  # eval.cavity_mask ("": none)
     per_volume, overlays = evaluate_cases(
         result.predictor,
         result.state,
@@ -83,6 +85,7 @@ def run_segmentation(config, workdir: Path) -> dict:
         auc=True,
         nsd_tolerance_mm=config.eval.nsd_tolerance_mm,
         native_truth=native_truth(config, workdir) if native else None,
+        native_filter=cavity_filter,
     )
     summary = {}
     if is_main:
@@ -95,6 +98,7 @@ def run_segmentation(config, workdir: Path) -> dict:
                 "checkpoint_step": result.checkpoint_step,
                 "best_val_dice": result.best_val_dice,
                 "threshold": config.eval.threshold,
+                "cavity_mask": str(config.eval.get("cavity_mask", "") or ""),
                 "nsd_tolerance_mm": config.eval.nsd_tolerance_mm,
                 "seconds": {
                     "data": round(t_data, 1),

@@ -1,0 +1,109 @@
+"""Intracranial-cavity masks applied to lesion predictions, on the scans' native grids.
+
+``CavityModel``: the trained cavity models of a run folder (``configs/cavity.py``,
+``lesionjax.tasks.cavity``) and the union of their masks for one case, each model fed with its
+own preprocessing. ``native_cavity_filter``: ``eval.cavity_mask`` as the evaluation's filter.
+``lesionjax-predict --cavity-mask RUN`` uses the same ``CavityModel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lesionjax.core.errors import ConfigError, UserError
+
+RESULT = "cavity.json"
+
+
+class CavityModelError(UserError):
+    """A cavity run folder is not complete, or a case cannot get a cavity mask."""
+
+
+@dataclasses.dataclass
+class CavityModel:
+    """The trained cavity models of a run folder: each with its own preprocessing plan."""
+
+    workdir: Path
+    models: list  # eval.runs.Model, one per window
+    plans: list  # data_prep.plan.PreprocessingPlan, one per model, as inference reads a scan
+    threshold: float
+
+    @classmethod
+    def load(cls, workdir: str | Path, *, mesh=None) -> CavityModel:
+        from data_prep.plan import PreprocessingPlan
+        from lesionjax.eval.runs import load_config, load_model
+
+        workdir = Path(workdir)
+        result = workdir / RESULT
+        if not result.is_file():
+            raise CavityModelError(
+                f"{workdir}: not a finished cavity run (no {RESULT}); train one with python -m "
+                f"lesionjax.main --config configs/cavity.py --workdir {workdir}"
+            )
+        windows = json.loads(result.read_text())["windows"]
+        models = [load_model(workdir / w, mesh=mesh) for w in windows]
+        plans = [PreprocessingPlan.from_dict(m.plan).for_inference() for m in models]
+        threshold = float(load_config(workdir).eval.threshold)
+        return cls(workdir, models, plans, threshold)
+
+    def probabilities(self, files) -> tuple[list[np.ndarray], object]:
+        """Each model's cavity probabilities on the case's native grid, and that grid."""
+        from data_prep.preprocess import preprocess_case
+
+        out, grid = [], None
+        for model, plan in zip(self.models, self.plans, strict=True):
+            prepared = preprocess_case(files, plan)
+            probs = model.predictor.predict_volume(model.state, prepared.channels)
+            out.append(prepared.grid.to_native(probs, order=1, fill=0.0))
+            grid = prepared.grid
+        return out, grid
+
+    def native_mask(self, files) -> np.ndarray:
+        """The union of the models' masks on the case's native grid, (X, Y, Z) bool."""
+        probs, _ = self.probabilities(files)
+        return np.maximum.reduce(probs) >= self.threshold
+
+
+def native_cavity_filter(config, workdir: Path):
+    """``eval.cavity_mask`` as ``fn(case_id, grid) -> native bool mask``, or None when unset:
+    "dataset" reads each case's own cavity mask (``icm/``), a run folder predicts it."""
+    from data_prep.layouts import read_layout
+    from data_prep.preprocess import native_mask
+    from data_prep.volumes import CaseError
+    from lesionjax.tasks.data import raw_dir
+
+    choice = str(config.eval.get("cavity_mask", "") or "")
+    if not choice:
+        return None
+    if not config.eval.get("native", True):
+        raise ConfigError(
+            f"eval.cavity_mask={choice!r} applies on the native grid: set eval.native=True"
+        )
+    model = None if choice == "dataset" else CavityModel.load(Path(choice).expanduser())
+    src = raw_dir(config, Path(workdir))
+    cases: dict | None = None
+
+    def get(case_id: str, grid) -> np.ndarray:
+        nonlocal cases
+        if cases is None:
+            cases = {c.case_id: c for c in read_layout(config.data.dataset, src)[0]}
+        if case_id not in cases:
+            raise CavityModelError(f"{src}: case {case_id} is not in the dataset any more")
+        try:
+            if model is None:
+                return native_mask(cases[case_id], grid, "cavity") > 0
+            cavity = model.native_mask(cases[case_id])
+        except (CaseError, OSError) as err:
+            raise CavityModelError(str(err)) from None
+        if cavity.shape != tuple(grid.native_shape):
+            raise CavityModelError(
+                f"{cases[case_id].image}: cavity mask {cavity.shape} != the native grid "
+                f"{tuple(grid.native_shape)}"
+            )
+        return cavity
+
+    return get

@@ -1,0 +1,178 @@
+"""Intracranial-cavity models: the cavity target of the shards, the union of two models' masks,
+and the trained cavity run applied to a lesion model's predictions (predict --cavity-mask RUN,
+eval.cavity_mask)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _shard_volumes(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    from lesionjax.data.shards import ShardSet
+
+    shards = ShardSet.load(root)
+    return {v["case_id"]: shards.read_volume(v["case_id"]) for v in shards.volumes}
+
+
+def test_cavity_target_shards_hold_each_case_cavity_mask(
+    tiny_phantom, tiny_shards, build, tmp_path
+):
+    """Built with target "cavity", the shards' mask is the cavity mask the lesion build stores
+    beside the lesion mask (``icm``), and the lesion slices are the slices with cavity."""
+    from data_prep.layouts.pairs import read_pairs_layout
+
+    manifest, skipped = build(
+        read_pairs_layout(tiny_phantom), tmp_path / "cav", windows=["tissue"], target="cavity"
+    )
+    assert not skipped
+    assert manifest["plan"]["target"] == "cavity"
+    lesion, cavity = _shard_volumes(tiny_shards), _shard_volumes(tmp_path / "cav")
+    assert set(lesion) == set(cavity)
+    for case_id, vol in cavity.items():
+        icm = lesion[case_id]["icm"]
+        assert icm.any() and not np.array_equal(icm, lesion[case_id]["mask"])
+        np.testing.assert_array_equal(vol["mask"], icm)
+    for v in manifest["volumes"]:
+        with_cavity = np.flatnonzero(cavity[v["case_id"]]["mask"].any(axis=(0, 1)))
+        assert v["lesion_slices"] == with_cavity.tolist()
+
+
+def test_a_case_without_cavity_mask_is_named_and_skipped(tiny_phantom, build, tmp_path):
+    from data_prep.layouts.pairs import read_pairs_layout
+
+    cases = read_pairs_layout(tiny_phantom)
+    cases = [dataclasses.replace(cases[0], icm=None), *cases[1:4]]
+    manifest, skipped = build(cases, tmp_path / "cav", windows=["tissue"], target="cavity")
+    assert [s["case_id"] for s in skipped] == [cases[0].case_id]
+    assert "no intracranial-cavity mask" in skipped[0]["error"]
+    assert str(cases[0].image) in skipped[0]["error"]
+    assert len(manifest["volumes"]) == 3
+
+
+def test_the_default_plan_hashes_as_before_a_target_existed():
+    """Older shards and exported models stay valid: the default target is not written."""
+    from data_prep.plan import resolve_plan
+
+    lesion = resolve_plan("pairs", "CT", {})
+    assert "target" not in lesion.to_dict()
+    cavity = resolve_plan("pairs", "CT", {"target": "cavity"})
+    assert cavity.to_dict()["target"] == "cavity"
+    assert cavity.fingerprint() != lesion.fingerprint()
+    assert cavity.for_inference().fingerprint() == lesion.fingerprint()
+
+
+class _Fixed:
+    """A predictor whose probabilities are a fixed volume on the shard grid."""
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    def predict_volume(self, state, image):
+        assert image.shape[:3] == self.probs.shape
+        return self.probs
+
+
+def test_cavity_union_is_the_or_of_the_two_models_masks(tiny_phantom):
+    """Model A sees the left half of the head, model B the front half (probabilities 0.9, else
+    0.2): the union is the L-shaped region both halves cover, on the native grid (RAS phantom,
+    no resampling, so native voxel (i, j, k) is shard voxel (i, j, k))."""
+    from data_prep.layouts.pairs import read_pairs_layout
+    from data_prep.plan import resolve_plan
+    from lesionjax.tasks.cavity_mask import CavityModel
+
+    case = read_pairs_layout(tiny_phantom)[0]
+    shape = nib.load(str(case.image)).shape
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    left = np.broadcast_to((x < shape[0] // 2)[..., None], shape)
+    front = np.broadcast_to((y >= shape[1] // 2)[..., None], shape)
+    probs_a, probs_b = np.where(left, 0.9, 0.2), np.where(front, 0.9, 0.2)
+    models = [
+        types.SimpleNamespace(predictor=_Fixed(p), state=None, workdir=Path(n))
+        for p, n in ((probs_a, "tissue"), (probs_b, "bone"))
+    ]
+    plans = [resolve_plan("pairs", "CT", {"windows": (w,)}) for w in ("tissue", "bone")]
+    model = CavityModel(Path("unused"), models, plans, threshold=0.5)
+    union = model.native_mask(case)
+    assert union.shape == shape
+    np.testing.assert_array_equal(union, left | front)
+    assert 0 < union.mean() < 1 and not np.array_equal(union, left)
+
+
+@pytest.fixture(scope="module")
+def cavity_run(tiny_phantom, tmp_path_factory, child_env):
+    """configs/cavity.py:tiny trained once (both windows, 1 epoch) on the tiny phantom set."""
+    workdir = tmp_path_factory.mktemp("cavity") / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "lesionjax.main",
+        f"--config={REPO / 'configs' / 'cavity.py'}:tiny",
+        f"--workdir={workdir}",
+        "--config.progress=False",
+        "--config.data.source=folder",
+        f"--config.data.raw_dir={tiny_phantom}",
+    ]
+    result = subprocess.run(command, env=child_env(1), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_cavity_run_trains_both_windows_and_reports_their_union(cavity_run):
+    result = json.loads((cavity_run / "cavity.json").read_text())
+    assert result["complete"] and result["windows"] == ["tissue", "bone"]
+    for window in ("tissue", "bone"):
+        config = json.loads((cavity_run / window / "config.json").read_text())
+        assert config["data"]["windows"] == [window] and config["data"]["target"] == "cavity"
+        manifest = json.loads(Path(config["data"]["shards_dir"], "manifest.json").read_text())
+        assert manifest["plan"]["target"] == "cavity"
+    rows = result["per_volume"]
+    assert rows and len(rows) == result["n_volumes"]
+    for name in ("tissue", "bone", "union"):
+        mean = np.mean([r[name]["dice"] for r in rows])
+        assert result["mean"][name]["dice"] == pytest.approx(mean)
+    for r in rows:  # the union's recall is at least either model's (it holds both masks)
+        assert r["union"]["recall"] >= max(r["tissue"]["recall"], r["bone"]["recall"]) - 1e-9
+    assert "| union |" in (cavity_run / "cavity.md").read_text()
+
+
+@pytest.mark.slow
+def test_predict_cavity_mask_run_zeroes_outside_the_predicted_cavity(
+    cavity_run, tiny_run, tiny_phantom, tmp_path, child_env
+):
+    """The same lesion model with and without --cavity-mask RUN: inside the cavity the masks
+    agree, outside it the cavity-masked one is empty."""
+    from data_prep.layouts.pairs import read_pairs_layout
+    from lesionjax.tasks.cavity_mask import CavityModel
+
+    case = read_pairs_layout(tiny_phantom)[0]
+    outputs = {}
+    for name, extra in (("plain", []), ("cavity", ["--cavity-mask", str(cavity_run)])):
+        out = tmp_path / name
+        command = [
+            sys.executable, "-m", "lesionjax.predict", "--model", str(tiny_run),
+            "--input", str(case.image), "--output", str(out), "--no-progress",
+            "--no-overlays", "--threshold", "0.05", *extra,
+        ]  # fmt: skip
+        result = subprocess.run(command, env=child_env(1), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        case_id = json.loads((out / "predictions.json").read_text())["cases"][0]["case"]
+        outputs[name] = np.asarray(nib.load(str(out / f"{case_id}_mask.nii.gz")).dataobj) > 0
+        assert json.loads((out / "predictions.json").read_text())["cases"][0]["cavity_mask"] == (
+            name == "cavity"
+        )
+    cavity = CavityModel.load(cavity_run).native_mask(case)
+    assert outputs["plain"][~cavity].any(), "the test needs lesion voxels outside the cavity"
+    assert not outputs["cavity"][~cavity].any()
+    np.testing.assert_array_equal(outputs["cavity"][cavity], outputs["plain"][cavity])
