@@ -56,6 +56,7 @@ from lesionjax.core.labels import SLICE_LABELS
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.json"
+CAVITY_DIR = "cavity_masks"  # lesionjax-prep --cavity-model: the cavity masks it computed
 
 
 class BuildError(UserError):
@@ -387,10 +388,13 @@ def build_cases(
     )
 
 
-def build_dataset(dataset: str, src: Path, out: Path, options: Mapping, **kw):
+def build_dataset(dataset: str, src: Path, out: Path, options: Mapping, *, cases_hook=None, **kw):
     """Reads ``src`` in the ``dataset`` layout and builds it (``build_cases``): what the command
-    line and a training run both call. Returns (manifest, skipped)."""
+    line and a training run both call. ``cases_hook(cases) -> cases`` may complete the cases
+    first (``lesionjax-prep --cavity-model``). Returns (manifest, skipped)."""
     cases, problems = read_layout(dataset, src)
+    if cases_hook is not None:
+        cases = cases_hook(cases)
     return build_cases(dataset, cases, out, options, reader_problems=problems, **kw)
 
 
@@ -581,6 +585,13 @@ def _parser() -> argparse.ArgumentParser:
         "--normalize-method", choices=("percentile", "zscore"), default=None, help="MRI scheme"
     )
     parser.add_argument(
+        "--cavity-model",
+        default=None,
+        metavar="RUN",
+        help="compute the cavity mask of every case without one with the cavity models of RUN "
+        f"(configs/cavity.py), stored in OUT/{CAVITY_DIR}/ (lesionjax-prep only)",
+    )
+    parser.add_argument(
         "--target",
         choices=("lesion", "cavity"),
         default=None,
@@ -613,9 +624,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, cavity_masks=None) -> int:
+    """The command. ``cavity_masks(run, cases, folder, progress=) -> cases``: what
+    ``--cavity-model RUN`` computes the missing cavity masks with; the trained models live in
+    ``lesionjax``, so only its ``lesionjax-prep`` (``lesionjax.prep``) passes one."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.cavity_model and cavity_masks is None:
+        print(
+            f"error: --cavity-model {args.cavity_model}: the cavity models run in lesionjax; "
+            "use lesionjax-prep (python -m lesionjax.prep) with the same arguments",
+            file=sys.stderr,
+        )
+        return 2
+    if args.cavity_model and args.layout == "3d":
+        parser.error("--cavity-model builds 2D shards (drop --layout 3d)")
     try:
         d = load_config_data(args.config) if args.config else None
     except Exception as err:
@@ -679,7 +702,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             listed = f"each stage's {SKIPPED}"
         else:
-            manifest, skipped = build_dataset(dataset, src, out, options, **common)
+            hook = None
+            if args.cavity_model:
+
+                def hook(cases):
+                    return cavity_masks(
+                        args.cavity_model, cases, out / CAVITY_DIR, progress=not args.no_progress
+                    )
+
+            manifest, skipped = build_dataset(dataset, src, out, options, cases_hook=hook, **common)
             c = manifest["counts"]
             lines = [
                 f"{out / MANIFEST}: {c['volumes']} volumes ({c['lesion_volumes']} with "

@@ -25,6 +25,7 @@ TOP_FLOOR = (
     "lesionjax.evaluate",
     "lesionjax.predict",
     "lesionjax.export",
+    "lesionjax.prep",
     "lesionjax.experiment",
     "lesionjax.cli",
     "lesionjax.tasks",

@@ -107,3 +107,40 @@ def native_cavity_filter(config, workdir: Path):
         return cavity
 
     return get
+
+
+def fill_cavity_masks(run: str | Path, cases, folder: Path, *, progress: bool = True) -> list:
+    """The cases with a cavity mask for each one that has none (``build_shards --cavity-model
+    RUN``): the union of RUN's models, on the case's native grid, written as
+    ``<folder>/<case>.nii.gz`` (reused when present) and set as the case's ``icm``. A case the
+    models cannot read is reported on one ``error:`` line and keeps no cavity mask."""
+    import nibabel as nib
+    from tqdm import tqdm
+
+    from data_prep.volumes import CaseError
+    from lesionjax.cli import print_error
+    from lesionjax.core.atomic import atomic_path
+
+    folder = Path(folder)
+    todo = [c for c in cases if c.icm is None]
+    if not todo:
+        return list(cases)
+    model = CavityModel.load(Path(run).expanduser())
+    folder.mkdir(parents=True, exist_ok=True)
+    filled = {}
+    for files in tqdm(todo, desc="cavity masks", unit="case", disable=not progress):
+        path = folder / f"{files.case_id}.nii.gz"
+        if not path.is_file():
+            try:
+                probs, grid = model.probabilities(files)
+            except (CaseError, OSError, ValueError) as err:
+                message = str(err) if str(files.image) in str(err) else f"{files.image}: {err}"
+                print_error(f"{message} (no cavity mask computed)")
+                continue
+            mask = (np.maximum.reduce(probs) >= model.threshold).astype(np.uint8)
+            with atomic_path(path) as tmp:
+                nib.save(nib.Nifti1Image(mask, np.asarray(grid.native_affine, float)), str(tmp))
+        filled[files.case_id] = path
+    return [
+        dataclasses.replace(c, icm=filled[c.case_id]) if c.case_id in filled else c for c in cases
+    ]

@@ -176,3 +176,48 @@ def test_predict_cavity_mask_run_zeroes_outside_the_predicted_cavity(
     assert outputs["plain"][~cavity].any(), "the test needs lesion voxels outside the cavity"
     assert not outputs["cavity"][~cavity].any()
     np.testing.assert_array_equal(outputs["cavity"][cavity], outputs["plain"][cavity])
+
+
+@pytest.mark.slow
+def test_prep_with_a_cavity_model_gives_cases_without_one_the_models_mask(
+    cavity_run, tiny_phantom, tmp_path, child_env
+):
+    """A copy of the phantom set without its icm/ folder, built by lesionjax-prep
+    --cavity-model RUN: every volume gets a cavity mask, the one the models predict for it
+    (RAS phantom, no resampling: native grid = shard grid); the shard builder alone refuses the
+    option in one line."""
+    from data_prep.layouts.pairs import read_pairs_layout
+    from lesionjax.data.shards import ShardSet
+    from lesionjax.tasks.cavity_mask import CavityModel
+
+    src = tmp_path / "no_icm"
+    for sub in ("images", "masks"):
+        (src / sub).mkdir(parents=True)
+        for f in sorted((tiny_phantom / sub).iterdir())[:3]:
+            (src / sub / f.name).symlink_to(f)
+    out = tmp_path / "shards"
+    args = ["--dataset", "pairs", "--src", str(src), "--out", str(out), "--windows", "ich",
+            "--folds", "3", "--workers", "1", "--no-progress",
+            "--cavity-model", str(cavity_run)]  # fmt: skip
+    alone = subprocess.run(
+        [sys.executable, "-m", "data_prep.build_shards", *args],
+        env=child_env(1), capture_output=True, text=True,
+    )  # fmt: skip
+    assert alone.returncode == 2 and "use lesionjax-prep" in alone.stderr, alone.stderr
+    assert not out.exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "lesionjax.prep", *args],
+        env=child_env(1), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    shards = ShardSet.load(out)
+    assert len(shards.volumes) == 3 and all(v["has_icm"] for v in shards.volumes)
+    model = CavityModel.load(cavity_run)
+    for files in read_pairs_layout(src):
+        assert files.icm is None
+        expected = model.native_mask(files)
+        assert 0 < expected.mean() < 1
+        np.testing.assert_array_equal(shards.read_volume(files.case_id)["icm"] > 0, expected)
+    assert sorted(p.name for p in (out / "cavity_masks").iterdir()) == sorted(
+        f"{v['case_id']}.nii.gz" for v in shards.volumes
+    )
