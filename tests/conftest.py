@@ -1,4 +1,5 @@
-"""Test set-up: 4 fake CPU devices, set before JAX starts, and absl flags marked parsed."""
+"""Test set-up: 4 fake CPU devices, set before JAX starts, a compilation cache for the session,
+and absl flags marked parsed."""
 
 import os
 
@@ -6,6 +7,17 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache per test session, inherited by every child process: the
+# suite compiles the same small programs again in dozens of subprocesses (tiny main jobs).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _CACHE = tempfile.mkdtemp(prefix="lesionjax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pathlib  # noqa: E402
 

@@ -68,13 +68,19 @@ class VolumePredictor(LocalDevices):
         *,
         batch_size: int = 32,
         compiler_options: dict | None = None,
+        multiple: int = 1,
     ):
         """compiler_options: XLA options of the jitted batch (``train_compiler_options()`` on
         CPU: convolutions on Eigen; 1.18x PyTorch's inference against 0.90 without, on the 2-core
-        VM of ``benchmarks/RESULTS.md``)."""
+        VM of ``benchmarks/RESULTS.md``). multiple: the in-plane sizes the network takes (2 **
+        its poolings); a slice of another size is padded with zeros (air, background) on both
+        sides up to the next multiple and the probabilities cropped back."""
         self._remember(
-            predict_fn, (), {"batch_size": batch_size, "compiler_options": compiler_options}
+            predict_fn,
+            (),
+            {"batch_size": batch_size, "compiler_options": compiler_options, "multiple": multiple},
         )
+        self.multiple = max(1, int(multiple))
         self.mesh = mesh
         n_data = mesh.shape["data"]
         self.batch_size = max(n_data, -(-batch_size // n_data) * n_data)
@@ -99,6 +105,13 @@ class VolumePredictor(LocalDevices):
 
     def predict_slices(self, state, image: np.ndarray) -> np.ndarray:
         """image: (N, H, W, C) uint8 -> probabilities (N, H, W) float32."""
+        h, w = image.shape[1:3]
+        m = self.multiple
+        if h % m or w % m:
+            ph, pw = -h % m, -w % m
+            pad = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+            probs = self.predict_slices(state, np.pad(image, pad))
+            return probs[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
         n = image.shape[0]
         bs = self.batch_size
         out = []

@@ -159,6 +159,7 @@ def load_model(
             run_state.state_sharding,
             batch_size=batch_size or config.eval.batch_size,
             compiler_options=train_compiler_options(),
+            multiple=2 ** (len(config.model.features) - 1),  # any in-plane size of a new scan
         )
     return Model(
         workdir=workdir,

@@ -157,3 +157,27 @@ def test_an_ensemble_moves_when_every_member_can():
             return np.zeros(image.shape[:3], np.float32)
 
     assert EnsemblePredictor([*members, Member(Fixed(), None)]).on_local_devices(None) is None
+
+
+def test_a_slice_of_any_size_is_padded_to_the_networks_multiple_and_cropped_back():
+    """The predict function refuses sizes that are not multiples of 16 (as a 5-level U-Net
+    does) and returns its input's first channel shifted by one pixel row: the predictor's
+    output is then the input, shifted the same way, on the input's own 37 x 21 grid."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    seen = []
+
+    def predict_fn(state, x):
+        assert x.shape[1] % 16 == 0 and x.shape[2] % 16 == 0, x.shape
+        seen.append(x.shape[1:3])
+        return jax.numpy.roll(x[..., :1], 1, axis=1) + state
+
+    state = jax.device_put(np.zeros((), np.float32), NamedSharding(mesh, P()))
+    predictor = VolumePredictor(predict_fn, mesh, NamedSharding(mesh, P()), multiple=16)
+    rng = np.random.default_rng(0)
+    volume = rng.integers(1, 255, size=(37, 21, 5, 2), dtype=np.uint8)
+    probs = predictor.predict_volume(state, volume)
+    assert probs.shape == (37, 21, 5) and seen == [(48, 32)]
+    expected = volume[..., 0].astype(np.float32) / 255.0
+    # Row 0 receives the padding row above it (zeros); every other row its upper neighbour.
+    np.testing.assert_allclose(probs[1:], expected[:-1], rtol=1e-6)
+    np.testing.assert_array_equal(probs[0], 0.0)
