@@ -164,6 +164,8 @@ def plan_options(data) -> dict:
         value = data[field]
         if _is_unset(value) or (field in ("size", "min_content") and value == 0):
             continue
+        if field == "target" and value == "lesion":  # the default, as if unset
+            continue
         out[field] = value
     return out
 
