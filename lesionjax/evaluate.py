@@ -91,15 +91,19 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     )
 
 
-def eval_dir(run: Run, split: str, *, ensemble: bool = False, tta: bool = False) -> Path:
+def eval_dir(
+    run: Run, split: str, *, ensemble: bool = False, tta: bool = False, icm: bool = False
+) -> Path:
     """``workdir/eval`` for the config's evaluation split, ``workdir/eval_<split>`` otherwise;
-    an ensemble's or a TTA evaluation gets ``_ensemble`` / ``_tta`` added (the run's own
-    evaluation is kept)."""
+    an ensemble's, a TTA or a cavity-masked evaluation gets ``_ensemble`` / ``_tta`` / ``_icm``
+    added (the run's own evaluation is kept)."""
     name = "eval" if split == run.config.eval.split else f"eval_{split}"
     if ensemble:
         name += "_ensemble"
     if tta:
         name += "_tta"
+    if icm:
+        name += "_icm"
     return run.workdir / name
 
 
@@ -142,6 +146,7 @@ def reevaluate(
     native: bool | None = None,
     ensemble: Sequence[str | Path] = (),
     tta: bool = False,
+    cavity_mask: str | None = None,
 ) -> dict:
     """Re-evaluates a trained run from its checkpoint and rewrites its eval folder and report.
 
@@ -151,6 +156,8 @@ def reevaluate(
     averaged with this run's (they must share its held-out volumes and preprocessing);
     ``tta``: each member also predicts the left-right mirrored volume. Both write
     ``eval_ensemble`` / ``eval_tta`` folders and list the members in summary.json.
+    ``cavity_mask``: "dataset" or a cavity run folder: the native probabilities are zeroed
+    outside the cases' intracranial cavity first (the "+ ICM" rows), into ``eval_icm``.
 
     Returns the summary written to ``<eval folder>/summary.json`` (with "report" added).
     """
@@ -204,6 +211,10 @@ def reevaluate(
     from lesionjax.eval.ensemble import EnsemblePredictor
 
     predictor = EnsemblePredictor([run, *members], tta=tta) if (members or tta) else run.predictor
+    from lesionjax.tasks.cavity_mask import native_cavity_filter
+
+    # The run's own eval.cavity_mask unless the command line names one ("" for none).
+    cavity = native_cavity_filter(config, run.workdir, choice=cavity_mask, native=native)
     per_volume, overlays = evaluate_cases(
         predictor,
         run.state,
@@ -215,6 +226,7 @@ def reevaluate(
         auc=True,
         nsd_tolerance_mm=nsd_tolerance,
         native_truth=native_truth(config, run.workdir) if native else None,
+        native_filter=cavity,
     )
     features = None
     if tsne_slices > 0 and predictor is run.predictor:  # a single model's features only
@@ -236,7 +248,7 @@ def reevaluate(
             per_volume,
             overlays,
             split=split,
-            out_dir=eval_dir(run, split, ensemble=bool(members), tta=tta),
+            out_dir=eval_dir(run, split, ensemble=bool(members), tta=tta, icm=bool(cavity_mask)),
             features=features,
             extra={
                 "checkpoint_step": run.step,
@@ -246,6 +258,9 @@ def reevaluate(
                 "evaluated_by": "lesionjax.evaluate",
                 "members": [{"run": str(m.workdir), "step": m.step} for m in [run, *members]],
                 "tta": tta,
+                "cavity_mask": str(
+                    config.eval.get("cavity_mask", "") if cavity_mask is None else cavity_mask
+                ),
                 "seconds": {"total": round(time.perf_counter() - t0, 1)},
             },
             title=f"lesionjax evaluation: {config.get('name', 'run')} ({where}, step {run.step})",
@@ -509,6 +524,15 @@ def _parser() -> argparse.ArgumentParser:
         help="--workdir: average with these runs' probabilities (same held-out volumes)",
     )
     p.add_argument("--tta", action="store_true", help="--workdir: add left-right mirrored input")
+    p.add_argument(
+        "--cavity-mask",
+        nargs="?",
+        const="dataset",
+        default=None,
+        metavar="RUN",
+        help="--workdir: zero predictions outside the intracranial cavity first (the cases' own "
+        "icm/ masks, or the cavity models of RUN), into eval_icm",
+    )
     grid = p.add_mutually_exclusive_group()
     grid.add_argument(
         "--native",
@@ -549,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 native=args.native,
                 ensemble=args.ensemble or (),
                 tta=args.tta,
+                cavity_mask=args.cavity_mask,
             )
             if jax.process_index() == 0:
                 keys = (

@@ -68,20 +68,25 @@ class CavityModel:
         return np.maximum.reduce(probs) >= self.threshold
 
 
-def native_cavity_filter(config, workdir: Path):
-    """``eval.cavity_mask`` as ``fn(case_id, grid) -> native bool mask``, or None when unset:
-    "dataset" reads each case's own cavity mask (``icm/``), a run folder predicts it."""
+def native_cavity_filter(config, workdir: Path, *, choice=None, native=None):
+    """``eval.cavity_mask`` (or ``choice``) as ``fn(case_id, grid) -> native bool mask``, or
+    None when unset: "dataset" reads each case's own cavity mask (``icm/``), a run folder
+    predicts it. ``native``: whether the evaluation scores on the native grid (default: the
+    config's ``eval.native``); the filter applies only there."""
     from data_prep.layouts import read_layout
     from data_prep.preprocess import native_mask
     from data_prep.volumes import CaseError
     from lesionjax.tasks.data import raw_dir
 
-    choice = str(config.eval.get("cavity_mask", "") or "")
+    if choice is None:
+        choice = config.eval.get("cavity_mask", "")
+    choice = str(choice or "")
     if not choice:
         return None
-    if not config.eval.get("native", True):
+    if not (config.eval.get("native", True) if native is None else native):
         raise ConfigError(
-            f"eval.cavity_mask={choice!r} applies on the native grid: set eval.native=True"
+            f"eval.cavity_mask={choice!r} applies on the native grid: set eval.native=True "
+            "(lesionjax-evaluate: drop --shard-grid)"
         )
     model = None if choice == "dataset" else CavityModel.load(Path(choice).expanduser())
     src = raw_dir(config, Path(workdir))

@@ -221,3 +221,43 @@ def test_prep_with_a_cavity_model_gives_cases_without_one_the_models_mask(
     assert sorted(p.name for p in (out / "cavity_masks").iterdir()) == sorted(
         f"{v['case_id']}.nii.gz" for v in shards.volumes
     )
+
+
+@pytest.mark.slow
+def test_evaluate_with_cavity_masks_counts_only_the_predicted_voxels_inside_them(
+    tiny_run, tmp_path
+):
+    """``lesionjax-evaluate --cavity-mask`` (the cases' own icm/ files): each volume's
+    predicted voxels are those of the plain prediction (mapped to the native grid, computed here
+    from the model) that lie inside the case's cavity mask; at a low threshold the plain
+    prediction has voxels outside it, so the filter is seen to act."""
+    import shutil
+
+    from data_prep.layouts.pairs import read_pairs_layout
+    from data_prep.preprocess import native_mask
+    from lesionjax.core.geometry import GridChain
+    from lesionjax.evaluate import load_run, reevaluate
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    threshold = 0.05
+    reevaluate(
+        run_dir, cavity_mask="dataset", threshold=threshold, tsne_slices=0, progress=False,
+        native=True,
+    )  # fmt: skip
+    rows = json.loads((run_dir / "eval_icm" / "per_volume.json").read_text())
+    assert json.loads((run_dir / "eval_icm" / "summary.json").read_text())["cavity_mask"] == (
+        "dataset"
+    )
+    run = load_run(run_dir)
+    cases = {c.case_id: c for c in read_pairs_layout(Path(run.config.data.raw_dir))}
+    outside = 0
+    for row in rows:
+        vol = run.shards.read_volume(row["case_id"])
+        grid = GridChain.from_dict(run.shards.volume(row["case_id"])["grid"])
+        probs = run.predictor.predict_volume(run.state, vol["image"])
+        pred = grid.to_native(probs, order=1, fill=0.0) >= threshold
+        icm = native_mask(cases[row["case_id"]], grid, "cavity") > 0
+        assert row["pred_voxels"] == int((pred & icm).sum()), row["case_id"]
+        outside += int((pred & ~icm).sum())
+    assert outside > 0
