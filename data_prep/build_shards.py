@@ -593,9 +593,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
-        choices=("lesion", "cavity"),
+        choices=("lesion", "cavity", "slice_labels"),
         default=None,
-        help="what the shards' masks hold: lesions (default) or the cases' cavity masks (icm/)",
+        help="what the shards' masks hold: lesions (default), the cases' cavity masks (icm/), "
+        "or nothing (slice_labels: the labels the masks give, for a pretext pool)",
     )
     parser.add_argument(
         "--layout",

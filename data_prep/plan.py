@@ -27,8 +27,9 @@ from lesionjax.core.windows import parse_windows
 
 MODALITIES = ("CT", "MR")
 # What the shards' "mask" holds: the lesion mask, or (intracranial-cavity models) the case's
-# cavity mask (its ``icm`` file), so the same 2D pipeline trains and scores either.
-TARGETS = ("lesion", "cavity")
+# cavity mask (its ``icm`` file), so the same 2D pipeline trains and scores either; or
+# ("slice_labels", the pretext pool) nothing: the slice labels the masks give, no mask.
+TARGETS = ("lesion", "cavity", "slice_labels")
 NORMALIZE_METHODS = ("percentile", "zscore")
 DEFAULT_PERCENTILES = (0.5, 99.5)
 MODALITY_DEFAULTS: dict[str, dict] = {
@@ -59,7 +60,8 @@ class PreprocessingPlan:
     slice_range: (lo, hi) axial slices kept (Python slice semantics), None for all.
     min_content: keep slices with at least this fraction of tissue voxels (0: all).
     normalize: MRI percentile clipping (lo, hi). normalize_method: "percentile" | "zscore".
-    target: "lesion" (the case's mask) or "cavity" (its intracranial-cavity mask as the mask).
+    target: "lesion" (the case's mask), "cavity" (its intracranial-cavity mask as the mask) or
+        "slice_labels" (the slice labels its masks give, no mask: ``has_mask`` false).
     """
 
     dataset: str

@@ -148,8 +148,10 @@ def select_axial_slices(
 def target_files(files: CaseFiles, target: str) -> CaseFiles:
     """The case as a plan with ``target`` sees it: "lesion" as it is; "cavity": its
     intracranial-cavity mask (``icm``) stands in for the lesion mask (a binary {0, 1} map, no
-    subtype map), so cavity models train and are scored by the lesion pipeline unchanged."""
-    if target == "lesion":
+    subtype map), so cavity models train and are scored by the lesion pipeline unchanged;
+    "slice_labels": as it is (``preprocess_case`` then keeps the slice labels its masks give
+    and drops the masks: a slice-labelled pool, as RSNA's)."""
+    if target in ("lesion", "slice_labels"):
         return files
     if target != "cavity":
         raise CaseError(f"{files.image}: unknown target {target!r} (lesion or cavity)")
@@ -257,6 +259,11 @@ def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume
         labels[:, 0] = mask.reshape(-1, mask.shape[2]).any(axis=0)
         labels[:, 1:] &= labels[:, :1]
 
+    # ---- a slice-labelled pool (pretext tasks): the labels stay, the mask does not
+    labelled = bool(files.labelled)
+    if plan.target == "slice_labels":
+        mask, labelled = np.zeros_like(mask), False
+
     # (X, Y, Z, C): every window of the main image, then of each extra channel image.
     channels = np.concatenate([window_to_uint8(x, plan.windows) for x in [data, *extras]], axis=-1)
     native_shape, native_affine = image.native_grid()
@@ -279,7 +286,7 @@ def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume
         grid=grid,
         modality=image.modality,
         source_axcodes=tuple(image.source_axcodes),
-        labelled=bool(files.labelled),
+        labelled=labelled,
     )
 
 

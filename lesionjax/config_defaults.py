@@ -63,6 +63,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.data.phantom.shape = (512, 512, 32)
     c.data.phantom.spacing = (0.45, 0.45, 5.0)
     c.data.phantom.lesion_fraction = 0.67
+    c.data.phantom.prefix = "phantom"  # case ids <prefix>_000, ...
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet2d"  # lesionjax.models.registry.MODELS: "unet2d" | "resunet2d"

@@ -445,7 +445,7 @@ def _case_paths(root: Path, case_id: str) -> list[Path]:
 
 def _dataset_case(root, index, meta, reuse) -> tuple[str, np.ndarray]:
     """Writes case `index` of a dataset (or reuses its files); returns (id, slice labels)."""
-    case_id = f"phantom_{index:03d}"
+    case_id = f"{meta.get('prefix', 'phantom')}_{index:03d}"
     if reuse and all(p.exists() for p in _case_paths(root, case_id)):
         subtypes = np.asarray(nib.load(root / "subtypes" / f"{case_id}.nii.gz").dataobj)
         return case_id, slice_labels_from_subtypes(subtypes)
@@ -474,8 +474,11 @@ def generate_dataset(
     subtype_probs: dict[str, float] | None = None,
     workers: int = 1,
     progress: bool = True,
+    prefix: str = "phantom",
 ) -> list[str]:
     """Writes `n_cases` phantoms (phantom_000, ...) as NIfTI, slice_labels.csv and dataset.json.
+
+    prefix: the case ids' (e.g. "pool" for a pretext pool beside a segmentation set).
 
     dataset.json is written last, so its presence marks a complete folder: re-running with the
     same arguments then only returns the ids. An interrupted run leaves .pending.json (its
@@ -494,7 +497,9 @@ def generate_dataset(
         if subtype_probs is None
         else {k: float(v) for k, v in subtype_probs.items()},
     }
-    ids = [f"phantom_{i:03d}" for i in range(n_cases)]
+    if prefix != "phantom":  # recorded only when set: older folders keep matching
+        meta["prefix"] = str(prefix)
+    ids = [f"{prefix}_{i:03d}" for i in range(n_cases)]
     meta_path, pending = root / "dataset.json", root / ".pending.json"
     if meta_path.exists():
         existing = json.loads(meta_path.read_text())

@@ -9,9 +9,15 @@ from pathlib import Path
 from lesionjax.core.errors import ConfigError
 from lesionjax.tasks.cascade3d import run_cascade
 from lesionjax.tasks.cavity import run_cavity
+from lesionjax.tasks.pool import run_pool
 from lesionjax.tasks.segment2d import run_segmentation
 
-TASKS = {"segment2d": run_segmentation, "cascade3d": run_cascade, "cavity": run_cavity}
+TASKS = {
+    "segment2d": run_segmentation,
+    "cascade3d": run_cascade,
+    "cavity": run_cavity,
+    "pool": run_pool,
+}
 
 
 def run_task(config, workdir: Path) -> dict:

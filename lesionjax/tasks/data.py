@@ -49,6 +49,7 @@ def raw_source(config, workdir: Path, *, progress: bool = True) -> Path:
             lesion_fraction=p.lesion_fraction,
             workers=d.prep_workers,
             progress=progress,
+            prefix=p.get("prefix", "phantom"),
         )
     elif not src.exists():
         raise DataNotFoundError(d.get("missing_hint", "") or f"{src}: dataset folder not found")
