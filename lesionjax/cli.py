@@ -31,6 +31,14 @@ def run_command(body: Callable[[], int | None]) -> int:
         return err.exit_status
 
 
+def add_cavity_mask_option(parser, help: str) -> None:
+    """``--cavity-mask [RUN]``: alone "dataset" (the cases' own cavity masks), or a cavity run
+    folder (``configs/cavity.py``) whose models predict the cavity."""
+    parser.add_argument(
+        "--cavity-mask", nargs="?", const="dataset", default=None, metavar="RUN", help=help
+    )
+
+
 def mark_absl_parsed() -> None:
     """grain reads absl flags; commands that parse their own arguments mark them parsed."""
     from absl import flags

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionjax.cli import prepare_command, run_command
+from lesionjax.cli import add_cavity_mask_option, prepare_command, run_command
 from lesionjax.core.errors import UserError
 from lesionjax.core.windows import uint8_to_unit
 from lesionjax.eval.runs import RunError, check_run, load_config, load_model
@@ -524,13 +524,9 @@ def _parser() -> argparse.ArgumentParser:
         help="--workdir: average with these runs' probabilities (same held-out volumes)",
     )
     p.add_argument("--tta", action="store_true", help="--workdir: add left-right mirrored input")
-    p.add_argument(
-        "--cavity-mask",
-        nargs="?",
-        const="dataset",
-        default=None,
-        metavar="RUN",
-        help="--workdir: zero predictions outside the intracranial cavity first (the cases' own "
+    add_cavity_mask_option(
+        p,
+        "--workdir: zero predictions outside the intracranial cavity first (the cases' own "
         "icm/ masks, or the cavity models of RUN), into eval_icm",
     )
     grid = p.add_mutually_exclusive_group()

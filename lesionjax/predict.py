@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionjax.cli import prepare_command, print_error, run_command
+from lesionjax.cli import add_cavity_mask_option, prepare_command, print_error, run_command
 from lesionjax.core.errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -642,13 +642,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average with left-right mirrored input")
     p.add_argument("--threshold", type=float, default=None, help="default: the run's")
     p.add_argument("--save-probabilities", action="store_true", help="also <case>_prob.nii.gz")
-    p.add_argument(
-        "--cavity-mask",
-        nargs="?",
-        const="dataset",
-        default=None,
-        metavar="RUN",
-        help="zero outside the intracranial cavity: the scans' own cavity masks (--dataset), or "
+    add_cavity_mask_option(
+        p,
+        "zero outside the intracranial cavity: the scans' own cavity masks (--dataset), or "
         "the one the cavity models of RUN (configs/cavity.py) predict",
     )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
