@@ -88,7 +88,15 @@ def native_cavity_filter(config, workdir: Path, *, choice=None, native=None):
             f"eval.cavity_mask={choice!r} applies on the native grid: set eval.native=True "
             "(lesionjax-evaluate: drop --shard-grid)"
         )
-    model = None if choice == "dataset" else CavityModel.load(Path(choice).expanduser())
+    model = None
+    if choice != "dataset":
+        import jax
+
+        from lesionjax.eval.inference import local_mesh
+
+        # With several processes each predicts its own volumes' cavities: on its own devices.
+        mesh = local_mesh() if jax.process_count() > 1 else None
+        model = CavityModel.load(Path(choice).expanduser(), mesh=mesh)
     src = raw_dir(config, Path(workdir))
     cases: dict | None = None
 
