@@ -76,6 +76,7 @@ def evaluate_union(config, workdir: Path, model: CavityModel, case_ids: Sequence
     src = raw_dir(config, Path(workdir))
     cases = {c.case_id: c for c in read_layout(config.data.dataset, src)[0]}
     names = [*(m.workdir.name for m in model.models), "union"]
+    tolerance = float(config.eval.nsd_tolerance_mm)
     rows = []
     progress = config.get("progress", True)
     for case_id in tqdm(case_ids, desc="cavity union", unit="vol", disable=not progress):
@@ -86,7 +87,9 @@ def evaluate_union(config, workdir: Path, model: CavityModel, case_ids: Sequence
         masks.append(np.logical_or.reduce(masks))
         row = {"case_id": case_id}
         for name, pred in zip(names, masks, strict=True):
-            m = volume_metrics(pred, truth, spacing=spacing, surface=True, nsd_tolerance_mm=2.0)
+            m = volume_metrics(
+                pred, truth, spacing=spacing, surface=True, nsd_tolerance_mm=tolerance
+            )
             row[name] = {k: m[k] for k in ("dice", "precision", "recall", "hd95")}
         rows.append(row)
     mean = (

@@ -125,25 +125,38 @@ def native_cavity_filter(config, workdir: Path, *, choice=None, native=None):
 def fill_cavity_masks(run: str | Path, cases, folder: Path, *, progress: bool = True) -> list:
     """The cases with a cavity mask for each one that has none (``build_shards --cavity-model
     RUN``): the union of RUN's models, on the case's native grid, written as
-    ``<folder>/<case>.nii.gz`` (reused when present) and set as the case's ``icm``. A case the
-    models cannot read is reported on one ``error:`` line and keeps no cavity mask."""
+    ``<folder>/<case>.nii.gz`` and set as the case's ``icm``. A mask is reused only when
+    ``<folder>/sources.json`` says it came from the same run and the same image file (path,
+    size, modification time). A case the models cannot read is reported on one ``error:``
+    line and keeps no cavity mask."""
     import nibabel as nib
     from tqdm import tqdm
 
     from data_prep.volumes import CaseError
     from lesionjax.cli import print_error
-    from lesionjax.core.atomic import atomic_path
+    from lesionjax.core.atomic import atomic_path, atomic_write_json
 
     folder = Path(folder)
     todo = [c for c in cases if c.icm is None]
     if not todo:
         return list(cases)
-    model = CavityModel.load(Path(run).expanduser())
+    run = Path(run).expanduser()
+    model = CavityModel.load(run)
     folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "sources.json"
+    sources = json.loads(record.read_text()) if record.is_file() else {}
     filled = {}
     for files in tqdm(todo, desc="cavity masks", unit="case", disable=not progress):
         path = folder / f"{files.case_id}.nii.gz"
-        if not path.is_file():
+        image = Path(files.image)
+        stat = image.stat()
+        source = {
+            "run": str(run.resolve()),
+            "image": str(image.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+        if not path.is_file() or sources.get(files.case_id) != source:
             try:
                 probs, grid = model.probabilities(files)
             except (CaseError, OSError, ValueError) as err:
@@ -153,6 +166,8 @@ def fill_cavity_masks(run: str | Path, cases, folder: Path, *, progress: bool = 
             mask = (np.maximum.reduce(probs) >= model.threshold).astype(np.uint8)
             with atomic_path(path) as tmp:
                 nib.save(nib.Nifti1Image(mask, np.asarray(grid.native_affine, float)), str(tmp))
+            sources[files.case_id] = source
+            atomic_write_json(record, sources)
         filled[files.case_id] = path
     return [
         dataclasses.replace(c, icm=filled[c.case_id]) if c.case_id in filled else c for c in cases

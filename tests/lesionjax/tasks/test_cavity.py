@@ -219,7 +219,23 @@ def test_prep_with_a_cavity_model_gives_cases_without_one_the_models_mask(
         assert 0 < expected.mean() < 1
         np.testing.assert_array_equal(shards.read_volume(files.case_id)["icm"] > 0, expected)
     assert sorted(p.name for p in (out / "cavity_masks").iterdir()) == sorted(
-        f"{v['case_id']}.nii.gz" for v in shards.volumes
+        [f"{v['case_id']}.nii.gz" for v in shards.volumes] + ["sources.json"]
+    )
+    # A mask that no longer matches its source (here: written by another run) is recomputed.
+    first = out / "cavity_masks" / f"{shards.volumes[0]['case_id']}.nii.gz"
+    record = out / "cavity_masks" / "sources.json"
+    sources = json.loads(record.read_text())
+    sources[shards.volumes[0]["case_id"]]["run"] = "/elsewhere"
+    record.write_text(json.dumps(sources))
+    before = first.stat().st_mtime_ns
+    again = subprocess.run(
+        [sys.executable, "-m", "lesionjax.prep", *args],
+        env=child_env(1), capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert first.stat().st_mtime_ns != before
+    assert json.loads(record.read_text())[shards.volumes[0]["case_id"]]["run"] == str(
+        cavity_run.resolve()
     )
 
 
