@@ -213,8 +213,9 @@ def reevaluate(
     predictor = EnsemblePredictor([run, *members], tta=tta) if (members or tta) else run.predictor
     from lesionjax.tasks.cavity_mask import native_cavity_filter
 
-    # The run's own eval.cavity_mask unless the command line names one ("" for none).
-    cavity = native_cavity_filter(config, run.workdir, choice=cavity_mask, native=native)
+    # The run's own eval.cavity_mask unless the command line names one.
+    choice = str(config.eval.get("cavity_mask", "") if cavity_mask is None else cavity_mask)
+    cavity = native_cavity_filter(config, run.workdir, choice=choice, native=native)
     per_volume, overlays = evaluate_cases(
         predictor,
         run.state,
@@ -258,9 +259,7 @@ def reevaluate(
                 "evaluated_by": "lesionjax.evaluate",
                 "members": [{"run": str(m.workdir), "step": m.step} for m in [run, *members]],
                 "tta": tta,
-                "cavity_mask": str(
-                    config.eval.get("cavity_mask", "") if cavity_mask is None else cavity_mask
-                ),
+                "cavity_mask": choice,
                 "seconds": {"total": round(time.perf_counter() - t0, 1)},
             },
             title=f"lesionjax evaluation: {config.get('name', 'run')} ({where}, step {run.step})",

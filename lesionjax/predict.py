@@ -343,18 +343,6 @@ def _save_nifti(path: Path, data: np.ndarray, affine, header, *, slope: float = 
         nib.save(img, str(tmp))
 
 
-def _cavity(scan: Scan, grid) -> np.ndarray:
-    from data_prep.volumes import CaseError, load_nifti_ras
-
-    icm = scan.files.icm
-    vol = load_nifti_ras(Path(icm))
-    if tuple(vol.data.shape) != tuple(grid.ras_shape):
-        raise CaseError(
-            f"{icm}: cavity mask shape {vol.data.shape} != image shape {grid.ras_shape}"
-        )
-    return grid.ras_to_native(vol.data > 0)
-
-
 def predict_scan(
     scan: Scan,
     groups: list[tuple[object, list]],
@@ -374,6 +362,7 @@ def predict_scan(
     """
     import time
 
+    from data_prep.preprocess import native_mask
     from lesionjax.core.geometry import spacing_of
     from lesionjax.core.windows import uint8_to_unit
     from lesionjax.eval.ensemble import ensemble_probabilities
@@ -404,16 +393,17 @@ def predict_scan(
     prob = np.clip(total / weight, 0.0, 1.0)
     prepared, shard_probs = first
     grid = prepared.grid
-    used_cavity = False
-    if hasattr(cavity_mask, "native_mask"):  # cavity models (lesionjax.tasks.cavity)
+    cavity = None
+    by_models = hasattr(cavity_mask, "native_mask")  # lesionjax.tasks.cavity_mask.CavityModel
+    if by_models:
         cavity = cavity_mask.native_mask(scan.files)
         if cavity.shape != prob.shape:
             raise PredictError(f"{scan.source}: cavity mask {cavity.shape} != {prob.shape}")
+    elif cavity_mask and scan.files.icm is not None:  # the scan's own, read as its shards do
+        cavity = native_mask(scan.files, grid, "cavity") > 0
+    used_cavity = cavity is not None
+    if used_cavity:
         prob = np.where(cavity, prob, 0.0)
-        used_cavity = True
-    elif cavity_mask and scan.files.icm is not None:
-        prob = np.where(_cavity(scan, grid), prob, 0.0)
-        used_cavity = True
     mask = (prob >= threshold).astype(np.uint8)
 
     affine, header = _native_header(scan, grid)
@@ -425,7 +415,7 @@ def predict_scan(
         _save_nifti(out_dir / f"{scan.case_id}_prob.nii.gz", scaled, affine, header, slope=1 / 255)
     if overlay:
         shard_mask = shard_probs >= threshold
-        if used_cavity and prepared.icm is not None and not hasattr(cavity_mask, "native_mask"):
+        if used_cavity and not by_models and prepared.icm is not None:
             shard_mask &= prepared.icm > 0
         plot_prediction_overlay(
             uint8_to_unit(prepared.channels[..., 0]),

@@ -67,21 +67,20 @@ def evaluate_union(config, workdir: Path, model: CavityModel, case_ids: Sequence
     on the native grids; ``{"per_volume": [...], "mean": {name: {metric: mean}}}``."""
     from tqdm import tqdm
 
-    from data_prep.layouts import read_layout
     from data_prep.preprocess import native_mask
     from lesionjax.core.geometry import spacing_of
     from lesionjax.eval.metrics import volume_metrics
-    from lesionjax.tasks.data import raw_dir
+    from lesionjax.tasks.native import dataset_cases
 
-    src = raw_dir(config, Path(workdir))
-    cases = {c.case_id: c for c in read_layout(config.data.dataset, src)[0]}
+    case = dataset_cases(config, workdir)
     names = [*(m.workdir.name for m in model.models), "union"]
     tolerance = float(config.eval.nsd_tolerance_mm)
     rows = []
     progress = config.get("progress", True)
     for case_id in tqdm(case_ids, desc="cavity union", unit="vol", disable=not progress):
-        probs, grid = model.probabilities(cases[case_id])
-        truth = native_mask(cases[case_id], grid, "cavity") > 0
+        files = case(case_id)
+        probs, grid = model.probabilities(files)
+        truth = native_mask(files, grid, "cavity") > 0
         spacing = spacing_of(grid.native_affine)
         masks = [p >= model.threshold for p in probs]
         masks.append(np.logical_or.reduce(masks))
@@ -138,14 +137,14 @@ def run_cavity(config, workdir: Path) -> dict:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
     members = _members(config)
-    summaries = {}
+    first_shards = None
     for window, batch_size in members:
         sub = member_config(config, window, batch_size, workdir)
         if is_main:
             print(f"cavity model: window {window!r} -> {workdir / window}", flush=True)
-        summaries[window] = run_segmentation(sub, workdir / window)
-    first = member_config(config, members[0][0], members[0][1], workdir)
-    shards = ShardSet.load(first.data.shards_dir)
+        run_segmentation(sub, workdir / window)
+        first_shards = first_shards or sub.data.shards_dir
+    shards = ShardSet.load(first_shards)  # the windows' sets share their cases and folds
     split = sampling.split_case_ids(shards, config.data.test_fold, config.data.val_fold)
     case_ids = split[config.eval.split]
     result = {"windows": [w for w, _ in members], "split": config.eval.split}

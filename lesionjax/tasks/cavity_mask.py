@@ -62,10 +62,15 @@ class CavityModel:
             grid = prepared.grid
         return out, grid
 
+    def union(self, files) -> tuple[np.ndarray, object]:
+        """The union of the models' masks on the case's native grid, (X, Y, Z) bool, and the
+        grid."""
+        probs, grid = self.probabilities(files)
+        return np.maximum.reduce(probs) >= self.threshold, grid
+
     def native_mask(self, files) -> np.ndarray:
         """The union of the models' masks on the case's native grid, (X, Y, Z) bool."""
-        probs, _ = self.probabilities(files)
-        return np.maximum.reduce(probs) >= self.threshold
+        return self.union(files)[0]
 
 
 def native_cavity_filter(config, workdir: Path, *, choice=None, native=None):
@@ -73,10 +78,8 @@ def native_cavity_filter(config, workdir: Path, *, choice=None, native=None):
     None when unset: "dataset" reads each case's own cavity mask (``icm/``), a run folder
     predicts it. ``native``: whether the evaluation scores on the native grid (default: the
     config's ``eval.native``); the filter applies only there."""
-    from data_prep.layouts import read_layout
-    from data_prep.preprocess import native_mask
     from data_prep.volumes import CaseError
-    from lesionjax.tasks.data import raw_dir
+    from lesionjax.tasks.native import dataset_cases, native_truth
 
     if choice is None:
         choice = config.eval.get("cavity_mask", "")
@@ -88,33 +91,27 @@ def native_cavity_filter(config, workdir: Path, *, choice=None, native=None):
             f"eval.cavity_mask={choice!r} applies on the native grid: set eval.native=True "
             "(lesionjax-evaluate: drop --shard-grid)"
         )
-    model = None
-    if choice != "dataset":
-        import jax
+    if choice == "dataset":
+        truth = native_truth(config, workdir, "cavity")
+        return lambda case_id, grid: truth(case_id, grid) > 0
+    import jax
 
-        from lesionjax.eval.inference import local_mesh
+    from lesionjax.eval.inference import local_mesh
 
-        # With several processes each predicts its own volumes' cavities: on its own devices.
-        mesh = local_mesh() if jax.process_count() > 1 else None
-        model = CavityModel.load(Path(choice).expanduser(), mesh=mesh)
-    src = raw_dir(config, Path(workdir))
-    cases: dict | None = None
+    # With several processes each predicts its own volumes' cavities: on its own devices.
+    mesh = local_mesh() if jax.process_count() > 1 else None
+    model = CavityModel.load(Path(choice).expanduser(), mesh=mesh)
+    case = dataset_cases(config, workdir)
 
     def get(case_id: str, grid) -> np.ndarray:
-        nonlocal cases
-        if cases is None:
-            cases = {c.case_id: c for c in read_layout(config.data.dataset, src)[0]}
-        if case_id not in cases:
-            raise CavityModelError(f"{src}: case {case_id} is not in the dataset any more")
+        files = case(case_id)
         try:
-            if model is None:
-                return native_mask(cases[case_id], grid, "cavity") > 0
-            cavity = model.native_mask(cases[case_id])
+            cavity = model.native_mask(files)
         except (CaseError, OSError) as err:
             raise CavityModelError(str(err)) from None
         if cavity.shape != tuple(grid.native_shape):
             raise CavityModelError(
-                f"{cases[case_id].image}: cavity mask {cavity.shape} != the native grid "
+                f"{files.image}: cavity mask {cavity.shape} != the native grid "
                 f"{tuple(grid.native_shape)}"
             )
         return cavity
@@ -158,14 +155,14 @@ def fill_cavity_masks(run: str | Path, cases, folder: Path, *, progress: bool = 
         }
         if not path.is_file() or sources.get(files.case_id) != source:
             try:
-                probs, grid = model.probabilities(files)
+                mask, grid = model.union(files)
             except (CaseError, OSError, ValueError) as err:
                 message = str(err) if str(files.image) in str(err) else f"{files.image}: {err}"
                 print_error(f"{message} (no cavity mask computed)")
                 continue
-            mask = (np.maximum.reduce(probs) >= model.threshold).astype(np.uint8)
+            affine = np.asarray(grid.native_affine, float)
             with atomic_path(path) as tmp:
-                nib.save(nib.Nifti1Image(mask, np.asarray(grid.native_affine, float)), str(tmp))
+                nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(tmp))
             sources[files.case_id] = source
             atomic_write_json(record, sources)
         filled[files.case_id] = path

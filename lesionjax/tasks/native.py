@@ -22,19 +22,17 @@ class NativeTruthError(UserError):
     """A case's original mask cannot be found or read for the native-grid evaluation."""
 
 
-def native_truth(config, workdir: Path) -> Callable[[str, GridChain], np.ndarray]:
-    """``fn(case_id, grid) -> (native X, Y, Z) uint8 mask`` for the cases of the run's dataset."""
+def dataset_cases(config, workdir: Path) -> Callable[[str], object]:
+    """``fn(case_id) -> CaseFiles`` of the run's dataset, its layout read once, on the first
+    case; a layout that cannot be read or a case no longer in it is a NativeTruthError."""
     from data_prep.layouts import read_layout
-    from data_prep.preprocess import native_mask
-    from data_prep.volumes import CaseError
 
     src = raw_dir(config, Path(workdir))
-    target = config.data.get("target", "lesion")
     cases: dict | None = None
 
-    def get(case_id: str, grid: GridChain) -> np.ndarray:
+    def get(case_id: str):
         nonlocal cases
-        if cases is None:  # read the layout once, on the first case
+        if cases is None:
             try:
                 found, _ = read_layout(config.data.dataset, src)
             except (ValueError, OSError) as err:
@@ -48,8 +46,26 @@ def native_truth(config, workdir: Path) -> Callable[[str, GridChain], np.ndarray
                 f"{src}: case {case_id} of the shards is not in the dataset any more (score on the "
                 "shard grid instead: eval.native=False, or evaluate --shard-grid)"
             )
+        return cases[case_id]
+
+    return get
+
+
+def native_truth(
+    config, workdir: Path, target: str | None = None
+) -> Callable[[str, GridChain], np.ndarray]:
+    """``fn(case_id, grid) -> (native X, Y, Z) uint8 mask`` for the cases of the run's dataset:
+    their lesion masks, or (``target``, default the config's ``data.target``) cavity masks."""
+    from data_prep.preprocess import native_mask
+    from data_prep.volumes import CaseError
+
+    case = dataset_cases(config, workdir)
+    target = target or config.data.get("target", "lesion")
+
+    def get(case_id: str, grid: GridChain) -> np.ndarray:
+        files = case(case_id)
         try:
-            return native_mask(cases[case_id], grid, target)
+            return native_mask(files, grid, target)
         except (CaseError, OSError) as err:
             raise NativeTruthError(str(err)) from None
 
