@@ -638,8 +638,6 @@ def main(argv: Sequence[str] | None = None, *, cavity_masks=None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.cavity_model and args.layout == "3d":
-        parser.error("--cavity-model builds 2D shards (drop --layout 3d)")
     try:
         d = load_config_data(args.config) if args.config else None
     except Exception as err:
@@ -657,6 +655,9 @@ def main(argv: Sequence[str] | None = None, *, cavity_masks=None) -> int:
         return default
 
     dataset = pick(args.dataset, "dataset", "pairs")
+    three_d = pick(args.layout, "layout", "2d") == "3d"
+    if args.cavity_model and three_d:  # also a config's data.layout, not only --layout
+        parser.error("--cavity-model builds 2D shards (drop --layout 3d / data.layout='3d')")
     src = pick(args.src, "raw_dir", None)
     out = pick(args.out, "shards_dir", None)
     if src is None or out is None:
@@ -683,7 +684,7 @@ def main(argv: Sequence[str] | None = None, *, cavity_masks=None) -> int:
         "progress": not args.no_progress,
     }
     try:
-        if pick(args.layout, "layout", "2d") == "3d":
+        if three_d:
             plan, manifests, skipped = build_3d(
                 dataset,
                 src,

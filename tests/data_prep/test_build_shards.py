@@ -100,3 +100,25 @@ def test_parallel_build_matches_serial(build, tiny_phantom, tmp_path):
         assert (tmp_path / "a" / a["shard"]).read_bytes() == (
             tmp_path / "b" / b["shard"]
         ).read_bytes()
+
+
+def test_cavity_model_with_a_configs_3d_layout_is_refused_before_any_work(tmp_path, capsys):
+    """--cavity-model fills 2D cases; a 3D layout set by the config (not --layout) is refused
+    too, before the cavity function or the build runs."""
+    config = tmp_path / "exp.py"
+    config.write_text(
+        "from lesionjax.config_defaults import cascade3d_config\n"
+        "def get_config(arg=None):\n"
+        "    return cascade3d_config()\n"
+    )
+    called = []
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        bs.main(
+            ["--config", str(config), "--src", str(tmp_path), "--out", str(out),
+             "--cavity-model", str(tmp_path / "run")],
+            cavity_masks=lambda *a, **k: called.append(a),
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--cavity-model builds 2D shards" in capsys.readouterr().err
+    assert not called and not out.exists()
