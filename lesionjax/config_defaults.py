@@ -203,3 +203,83 @@ def cascade3d_config() -> ml_collections.ConfigDict:
     c.eval.mirror_axes = (0, 1, 2)  # TTA of the final evaluation (() for none)
     c.eval.n_overlays = 2
     return c
+
+
+def pretext_config(task: str, variant: str | None = None) -> ml_collections.ConfigDict:
+    """A pretext task's defaults (``lesionjax.tasks.pretext``): the slice-labelled pool of
+    ``configs/pretext/pool.py`` (200 synthetic head CTs, 4,800 slices, its own seed) as data,
+    the 2D demo's U-Net (so the encoder transfers into its segmentation runs), the paper's
+    optimiser (Adam 1e-3 x 0.96 per epoch, L2 1e-6) and batch sizes, a few epochs.
+
+    ``variant``: "tiny" (seconds, for tests) or "paper" (the paper's U-Net and 50 epochs).
+    """
+    check_variant(variant, ("tiny", "paper"))
+    c = segmentation_config()
+    c.name = f"pretext_{task}"
+    c.task = "pretext"
+    c.data.target = "slice_labels"
+    c.data.policy = "all"  # every slice of the pool
+    c.data.val_fold = -1
+    c.data.phantom.n_cases = 200
+    c.data.phantom.seed = 1000  # the segmentation sets use seed 0
+    c.data.phantom.prefix = "pool"
+    c.data.phantom.shape = (128, 128, 24)
+    c.data.phantom.spacing = (1.8, 1.8, 6.0)
+    c.data.windows = ("brain", "subdural", "wide")  # the demo's
+    c.model.features = (8, 16, 32, 64, 128)  # the demo's U-Net
+    c.optim.lr = 1e-3
+    c.optim.decay_rate = 0.96
+    c.optim.weight_decay = 1e-6
+    c.train.epochs = 3
+    c.train.log_every = 10
+    c.eval.n_overlays = 0
+
+    c.pretext = ml_collections.ConfigDict()
+    c.pretext.task = task
+    c.pretext.loss = "bce"  # multilabel: "bce" (weighted) | "dice"
+    c.pretext.head = ()  # (): the paper's (lesionjax.pretext.objectives.DEFAULT_HEADS)
+    c.pretext.temperature = 0.1
+    c.pretext.swaps = 20  # context restoration: 20 swaps of 20 x 20 patches at 256 x 256
+    c.pretext.patch = 20
+    c.pretext.reference_size = 256
+    c.pretext.decoder_blocks = 3  # local contrastive: partial decoder
+    c.pretext.regions = 20  # ... 20 regions of 3 x 3 per feature map
+    c.pretext.region_size = 3
+    c.pretext.views = ml_collections.ConfigDict()  # the contrastive tasks' strong augmentation
+    c.pretext.views.translate = 0.15
+    c.pretext.views.rotate_deg = 90.0
+    c.pretext.views.scale = (0.8, 1.2)
+    c.pretext.views.flip_prob = 0.5  # local contrastive: always 0 (no flips)
+    c.pretext.views.crop = (0.6, 1.0)
+    c.pretext.views.brightness = (0.8, 1.2)
+    c.pretext.views.contrast = (0.8, 1.2)
+    c.pretext.views.blur_prob = 0.5
+    c.pretext.views.blur_sigma = (0.1, 2.0)
+    c.train.batch_size = {
+        "context_restoration": 32,
+        "global_contrastive": 60,
+        "local_contrastive": 24,
+    }.get(task, 64)  # the paper's; classification 64
+    if task == "local_contrastive":
+        c.train.init_parts = "encoder"  # from the global contrastive run (train.init_from)
+    if variant == "paper":
+        c.model.features = (32, 64, 128, 256, 512)
+        c.data.size = 256
+        c.train.epochs = 50
+    if variant == "tiny":
+        c.data.phantom.n_cases = 6
+        c.data.phantom.shape = (64, 64, 12)
+        c.data.phantom.spacing = (3.6, 3.6, 12.0)
+        c.model.features = (8, 16, 32)
+        c.pretext.head = {
+            "global_contrastive": (32, 16),
+            "local_contrastive": (16, 8),
+            "binary": (32, 2),
+            "multilabel": (32, 7),
+        }.get(task, ())
+        c.pretext.decoder_blocks = 2
+        c.train.batch_size = 8
+        c.train.epochs = 1
+        c.train.max_steps = 4
+        c.train.log_every = 2
+    return c

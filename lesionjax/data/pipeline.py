@@ -80,12 +80,14 @@ class EpochShuffled(grain.MapDataset):
 
 
 def decode_example(item: tuple[int, float, bytes]) -> dict[str, np.ndarray]:
-    """-> {"image": (H, W, C) uint8, "mask": (H, W, 1) uint8, "weight": f32, "index": i64}."""
+    """-> {"image": (H, W, C) uint8, "mask": (H, W, 1) uint8, "labels": (6,) uint8 (the
+    slice's ``SLICE_LABELS``), "weight": f32, "index": i64}."""
     index, weight, raw = item
     rec = records.decode_record(raw)
     return {
         "image": rec["image"],
         "mask": rec["mask"][..., None],
+        "labels": rec["labels"],
         "weight": np.float32(weight),
         "index": np.int64(index),
     }

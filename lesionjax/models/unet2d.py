@@ -88,10 +88,7 @@ class UNet2D(nnx.Module):
         """``rngs`` is accepted and ignored (no dropout) so callers treat both models alike."""
         del rngs
         check_input(x, self.in_channels, len(self.features))
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(self._down(x, level), train=train)
-            skips.append(x)
+        skips = run_encoder(self.encoder, x, train=train, strided=self.strided)
         levels = self.decoder(skips.pop(), skips[::-1], train=train)
         logits = self.head(levels[-1])
         if not (train and len(self.aux_heads)):
@@ -99,16 +96,21 @@ class UNet2D(nnx.Module):
         finer_first = levels[-2::-1][: len(self.aux_heads)]  # 1/2, 1/4, ... resolution
         return logits, [head(y) for head, y in zip(self.aux_heads, finer_first, strict=True)]
 
-    def _down(self, x: jax.Array, level: int) -> jax.Array:
-        """The input of encoder level ``level``: max-pooled below level 0 unless strided."""
-        return max_pool_2x2(x) if level > 0 and not self.strided else x
-
     def bottleneck_features(self, x: jax.Array) -> jax.Array:
         """Eval-mode output of the deepest encoder level (the bottleneck), for feature plots.
 
         x: (B, H, W, in_channels) -> (B, H / 2**(L-1), W / 2**(L-1), features[-1]).
         """
         check_input(x, self.in_channels, len(self.features))
-        for level, block in enumerate(self.encoder):
-            x = block(self._down(x, level), train=False)
-        return x
+        return run_encoder(self.encoder, x, train=False, strided=self.strided)[-1]
+
+
+def run_encoder(blocks, x: jax.Array, *, train: bool, strided: bool = False) -> list[jax.Array]:
+    """The outputs of every encoder level, shallowest first (the last is the bottleneck): each
+    level's input is max-pooled 2x2 below level 0 unless the blocks downsample themselves
+    (``strided``). Shared by the U-Net and the pretext models built on its encoder."""
+    outputs = []
+    for level, block in enumerate(blocks):
+        x = block(max_pool_2x2(x) if level > 0 and not strided else x, train=train)
+        outputs.append(x)
+    return outputs

@@ -10,6 +10,7 @@ from lesionjax.core.errors import ConfigError
 from lesionjax.tasks.cascade3d import run_cascade
 from lesionjax.tasks.cavity import run_cavity
 from lesionjax.tasks.pool import run_pool
+from lesionjax.tasks.pretext import run_pretext
 from lesionjax.tasks.segment2d import run_segmentation
 
 TASKS = {
@@ -17,6 +18,7 @@ TASKS = {
     "cascade3d": run_cascade,
     "cavity": run_cavity,
     "pool": run_pool,
+    "pretext": run_pretext,
 }
 
 
@@ -27,5 +29,7 @@ def run_task(config, workdir: Path) -> dict:
 
 
 def format_result(summary: dict) -> str:
-    keys = ("mean_dice", "mean_dice_all", "n_volumes", "n_lesion_volumes", "seconds")
-    return json.dumps({k: summary.get(k) for k in keys})
+    """The one-line result of a task: its headline numbers that the summary has."""
+    keys = ("task", "mean_dice", "mean_dice_all", "final_loss", "n_volumes", "n_lesion_volumes",
+            "seconds")  # fmt: skip
+    return json.dumps({k: summary[k] for k in keys if k in summary})

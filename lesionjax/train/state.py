@@ -127,8 +127,12 @@ def build_run_state(
     steps_per_epoch: int = 1,
     total_steps: int | None = None,
     mesh: Mesh | None = None,
+    objective=None,
 ) -> RunState:
     """The run state of ``config`` for ``in_channels`` input channels.
+
+    ``objective`` (``lesionjax.train.objective.Objective``): its model instead of
+    ``config.model``'s, and its frozen parameters left out of the optimizer's updates.
 
     steps_per_epoch and total_steps set the learning-rate schedule (per-epoch decay, or the
     polynomial decay to 0 at the last step); they do not change the optimizer state's
@@ -148,7 +152,12 @@ def build_run_state(
     dtype = compute_dtype(config.train.get("precision", "auto"))
 
     def model_fn(rngs: nnx.Rngs) -> nnx.Module:
+        if objective is not None:
+            return objective.model_fn(in_channels, rngs, dtype)
         return model_from_config(config.model, in_channels, rngs=rngs, dtype=dtype)
+
+    if objective is not None:
+        tx = step_lib.freeze(tx, tuple(objective.frozen))
 
     graphdef, init_fn = step_lib.make_init_fn(model_fn, tx)
     abstract = jax.eval_shape(init_fn, jax.random.key(0))

@@ -92,8 +92,12 @@ def make_train_step(
     loss_fn: LossFn,
     *,
     augment_fn: Callable[[jax.Array, Batch], Batch] | None = None,
+    objective_loss: Callable | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """A pure ``train_step(state, batch, key) -> (new_state, metrics)``.
+
+    ``objective_loss(model, batch, rngs) -> loss`` replaces the segmentation loss (a pretext
+    task's, ``lesionjax.train.objective``); ``loss_fn`` is then unused.
 
     batch: {"image": (B, H, W, C) float32 in [0, 1], "mask": (B, H, W, 1) float32 in {0, 1},
     "weight": (B,) float32}. ``key`` is this step's key (e.g. ``fold_in(seed_key, step)``); the
@@ -111,10 +115,14 @@ def make_train_step(
         def loss_of(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
             model = nnx.merge(graphdef, params, model_state, copy=True)
             # Rngs is created here, in the trace where dropout advances its counter.
-            outputs = model(batch["image"], train=True, rngs=nnx.Rngs(dropout=dropout_key))
-            # The loss and its reductions in float32 whatever the compute dtype (bf16).
-            outputs = jax.tree.map(lambda o: o.astype(jnp.float32), outputs)
-            loss = deep_supervision_loss(loss_fn, outputs, batch["mask"], batch["weight"])
+            rngs = nnx.Rngs(dropout=dropout_key)
+            if objective_loss is not None:
+                loss = objective_loss(model, batch, rngs).astype(jnp.float32)
+            else:
+                outputs = model(batch["image"], train=True, rngs=rngs)
+                # The loss and its reductions in float32 whatever the compute dtype (bf16).
+                outputs = jax.tree.map(lambda o: o.astype(jnp.float32), outputs)
+                loss = deep_supervision_loss(loss_fn, outputs, batch["mask"], batch["weight"])
             # BatchNorm wrote its updated running averages into the merged module.
             _, _, new_model_state = _split(model)
             return loss, new_model_state
@@ -240,3 +248,19 @@ def make_optimizer(
         optax.scale_by_learning_rate(lr_schedule),
     )
     return tx, lr_schedule
+
+
+def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]):
+    """``tx`` for every parameter except those under the top-level names ``frozen``
+    (``"encoder"``), whose updates are zero: they keep their values (the L2 term included)."""
+    if not frozen:
+        return tx
+
+    def labels(params):
+        def label(path, _):
+            top = getattr(path[0], "key", getattr(path[0], "name", None))
+            return "frozen" if str(top) in frozen else "train"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -207,7 +207,14 @@ def stop_signal_anywhere(local: bool) -> bool:
     return any(allgather_objects(bool(local)))
 
 
-def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
+def train(config, workdir: Path, shards: ShardSet, split: dict, objective=None) -> TrainResult:
+    """Trains ``config``'s model on the ``split["train"]`` volumes of ``shards`` (resuming
+    from ``workdir``'s checkpoints), validating on ``split["val"]``.
+
+    ``objective`` (``lesionjax.train.objective``): a pretext task's model, on-device batch
+    preparation and loss instead of the segmentation ones; runs without validation then keep
+    the latest checkpoint.
+    """
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     tcfg = config.train
@@ -229,17 +236,21 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
 
     # ---------------------------------------------------------------- state and jitted steps
     run = state_lib.build_run_state(
-        config, shards.n_channels, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+        config,
+        shards.n_channels,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        objective=objective,
     )
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    loss_fn = get_loss(config.loss)
     train_step = jax.jit(
         with_stop_flag(
             step_lib.make_train_step(
                 run.graphdef,
                 run.tx,
-                loss_fn,
-                augment_fn=inputs.augment_fn,
+                None if objective is not None else get_loss(config.loss),
+                augment_fn=inputs.augment_fn if objective is None else objective.prepare,
+                objective_loss=None if objective is None else objective.loss,
             )
         ),
         in_shardings=(run.state_sharding, run.batch_sharding, run.replicated),
@@ -253,12 +264,11 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
         out_shardings=run.state_sharding.model_state,
     )
     to_unit = inputs.to_unit  # uint8 -> [0, 1], no augmentation
+    batch_keys = ("image", "mask", "weight") if objective is None else objective.batch_keys
 
     def device_batch(local: dict) -> dict:
         """This process's host batch -> global arrays (the host-only "index" stays behind)."""
-        return pipeline.to_global_batch(
-            {k: local[k] for k in ("image", "mask", "weight")}, run.batch_sharding
-        )
+        return pipeline.to_global_batch({k: local[k] for k in batch_keys}, run.batch_sharding)
 
     def train_batch(local: dict, stop: bool) -> dict:
         """``device_batch`` plus each process's stop flag, one per row (``with_stop_flag``)."""
@@ -277,6 +287,11 @@ def train(config, workdir: Path, shards: ShardSet, split: dict) -> TrainResult:
             yield to_unit(None, device_batch(next(stats_iter)))["image"]
 
     precise_bn_batches = tcfg.get("precise_bn_batches", 0)
+    if objective is not None and precise_bn_batches > 0:
+        raise ConfigError(
+            f"train.precise_bn_batches={precise_bn_batches}: precise BN is for segmentation "
+            f"runs; the {objective.name} pretext task takes 0"
+        )
 
     def with_precise_bn(state):
         """``state`` with precise BN statistics. Training reads batch statistics only: the
