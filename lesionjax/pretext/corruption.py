@@ -47,6 +47,7 @@ def swap_positions(key: jax.Array, shape: tuple[int, int], n_swaps: int, size: i
 def swap_patches(image: jax.Array, positions: jax.Array, size: int) -> jax.Array:
     """``image`` (H, W, C) with the patches of ``positions`` (n, 2, 2) swapped, in order."""
     channels = image.shape[-1]
+    positions = jnp.asarray(positions, jnp.int32)
 
     def body(t, img):
         a, b = positions[t, 0], positions[t, 1]
