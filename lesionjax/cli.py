@@ -61,7 +61,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
-def _config_spec(argv: Sequence[str]) -> str:
+def config_spec(argv: Sequence[str]) -> str:
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
@@ -72,7 +72,7 @@ def _config_spec(argv: Sequence[str]) -> str:
 
 def _flag_error(argv: Sequence[str], err: BaseException) -> str:
     """One line saying which flag or config file failed, and why."""
-    spec = _config_spec(argv)
+    spec = config_spec(argv)
     text = str(err)
     if isinstance(err, AttributeError | KeyError):  # an override naming no config key
         key = _last_line(text).strip("'\" ").split("'")[0]
@@ -97,7 +97,7 @@ def config_flag_value(holder, argv: Sequence[str]):
         return value
     except OSError as err:
         reason = _last_line(str(err))
-        raise ConfigError(f"{_config_spec(argv)}: cannot load the config file ({reason})") from None
+        raise ConfigError(f"{config_spec(argv)}: cannot load the config file ({reason})") from None
 
 
 def absl_flags_parser(argv: Sequence[str]):

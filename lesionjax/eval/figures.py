@@ -36,7 +36,20 @@ from lesionjax.eval.plotting import (
 from lesionjax.eval.stats import format_p
 
 # Okabe-Ito, readable on white (boxes, points); PRED_COLOURS are for contours on grey images.
-METHOD_COLOURS = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
+METHOD_COLOURS = (
+    "#0072b2",
+    "#d55e00",
+    "#009e73",
+    "#cc79a7",
+    "#e69f00",
+    "#56b4e9",
+    "#000000",
+    "#8c564b",
+    "#bcbd22",
+    "#7f7f7f",
+    "#17becf",
+    "#f0e442",
+)  # Okabe-Ito, then tab10: twelve methods before a colour repeats
 SUBTYPE_COLOURS = dict(
     zip(SUBTYPES, ("#e69f00", "#d55e00", "#0072b2", "#009e73", "#cc79a7"), strict=True)
 )

@@ -86,3 +86,54 @@ def run_pretext(config, workdir: Path) -> dict:
     summary["report"] = str(workdir / "pretext.json")
     summary["summary_path"] = str(workdir / "pretext.json")
     return summary
+
+
+def load_pretext_model(workdir: Path):
+    """(run state, restored state) of a finished pretext run, for its bottleneck features."""
+    from lesionjax.eval.runs import load_config, read_preprocessing
+    from lesionjax.pretext.objectives import build_objective
+    from lesionjax.train import state as state_lib
+
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    _, channels = read_preprocessing(workdir, config)
+    objective = build_objective(config, label_targets=np.ones((2, 7), np.float32))
+    run = state_lib.build_run_state(config, channels, objective=objective)
+    manager = state_lib.open_checkpoints(workdir, read_only=True)
+    try:
+        step, _ = state_lib.pick_step(manager)
+        state = state_lib.restore_state(manager, step, run)
+    finally:
+        manager.close()
+    return run, state
+
+
+def pool_slices(shards, *, max_slices: int = 400, seed: int = 0) -> list[tuple[str, int, list]]:
+    """(case id, z, SLICE_LABELS flags) of up to ``max_slices`` pool slices, half with ICH and
+    half without where the pool has them (seeded draws), sorted by case and z."""
+    ich, normal = [], []
+    for v in shards.volumes:
+        for z, flags in enumerate(v["slice_labels"]):
+            (ich if flags[0] else normal).append((v["case_id"], z, list(flags)))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for group in (ich, normal):
+        n = min(len(group), max_slices // 2)
+        picked += [group[i] for i in rng.choice(len(group), n, replace=False)]
+    return sorted(picked, key=lambda s: (s[0], s[1]))
+
+
+def pool_features(workdir: Path, shards, slices) -> np.ndarray:
+    """Global-average-pooled bottleneck features (N, C) of a pretext run on pool slices."""
+    from lesionjax.core import records
+    from lesionjax.eval.evaluate_volumes import make_features_fn
+    from lesionjax.eval.inference import VolumePredictor
+
+    run, state = load_pretext_model(workdir)
+    extractor = VolumePredictor(make_features_fn(run.graphdef), run.mesh, run.state_sharding)
+    source = shards.source()
+    images = [
+        records.decode_record(source[shards.volume(c)["record_offset"] + z])["image"]
+        for c, z, _ in slices
+    ]
+    return np.asarray(extractor.predict_slices(state, np.stack(images)), np.float32)

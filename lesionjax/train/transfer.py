@@ -87,9 +87,16 @@ def read_source(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta
         )
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )["state"]
+        from absl import logging
+
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.ERROR)  # Orbax warns that the "data" item is not read
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )["state"]
+        finally:
+            logging.set_verbosity(verbosity)
     finally:
         manager.close()
     return {k: np.asarray(v) for k, v in flat_variables(restored).items()}, int(step)

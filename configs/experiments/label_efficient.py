@@ -1,0 +1,70 @@
+"""The label-efficient ICH paper's experiment (Table 3, Figures 3-5), CPU-sized.
+
+    python -m lesionjax.experiment --config configs/experiments/label_efficient.py \\
+        [--workdir runs/label_efficient] [--config.folds=0,1,2,3,4]
+
+Ten methods x the test folds, each an ordinary run folder under ``<workdir>/runs``: the
+supervised baselines (ICH-only, Mixed, each also "+ ICM"), and Mixed fine-tuning started from
+each of the five pretext models (context restoration, global and local contrastive, binary and
+multi-label CE / Dice classification) trained on the slice-labelled pool. Segmentation: the
+2D demo's phantoms and U-Net (``configs/demo.py``), fewer epochs; pretext: the pool of
+``configs/pretext/pool.py``; cavity: ``configs/cavity.py`` on phantoms of their own seed.
+
+Variants: ``:tiny`` (the test's grid, seconds per run).
+"""
+
+import ml_collections
+
+from lesionjax.config_defaults import check_variant
+
+METHODS = (
+    "ich_only", "ich_only_icm", "mixed", "mixed_icm", "context_restoration",
+    "global_contrastive", "local_contrastive", "binary", "multilabel_ce", "multilabel_dice",
+)  # fmt: skip
+
+
+def get_config(arg=None):
+    check_variant(arg, ("tiny",))
+    c = ml_collections.ConfigDict()
+    c.name = "label_efficient"
+    c.kind = "label_efficient"
+    c.config_dir = ""  # "": the folder of this file (set by the runner)
+    c.progress = True
+    c.methods = METHODS
+    c.folds = (0, 1, 2)
+    c.segmentation = "../demo.py"
+    c.segmentation_overrides = (("train.epochs", 8), ("eval.n_overlays", 2))
+    c.pretext_dir = "../pretext"
+    c.pretext_variant = ""
+    c.pretext_overrides = (("train.epochs", 2),)
+    c.pool = "../pretext/pool.py"
+    # The t-SNE figure's validation pool: another seed, no volume of the training pool.
+    c.tsne_pool_overrides = (
+        ("data.phantom.seed", 3000), ("data.phantom.prefix", "val"), ("data.phantom.n_cases", 20),
+    )  # fmt: skip
+    c.tsne_slices = 400
+    c.cavity = "../cavity.py"
+    c.cavity_overrides = (("data.phantom.seed", 2000), ("data.phantom.prefix", "cavity"))
+    # Seconds per job on the 2-core CPU (benchmarks/RESULTS.md), for the estimate printed first;
+    # once jobs of a kind have run, their measured mean replaces it.
+    c.estimate_seconds = ml_collections.ConfigDict(
+        {"pretext": 400.0, "cavity": 450.0, "segment": 150.0, "icm": 30.0, "tsne_pool": 10.0}
+    )
+    if arg == "tiny":
+        c.folds = (0,)
+        c.progress = False
+        c.segmentation = "../demo.py:tiny"
+        c.segmentation_overrides = (("train.epochs", 1), ("eval.n_overlays", 0),
+                                    ("train.max_steps", 2))  # fmt: skip
+        c.pretext_variant = "tiny"
+        c.pretext_overrides = (("train.max_steps", 2),)
+        c.pool = "../pretext/pool.py:tiny"
+        c.tsne_pool_overrides = (("data.phantom.seed", 3000), ("data.phantom.prefix", "val"),
+                                 ("data.phantom.n_cases", 3))  # fmt: skip
+        c.tsne_slices = 24
+        c.cavity = "../cavity.py:tiny"
+        c.cavity_overrides = (("data.phantom.seed", 2000), ("data.phantom.prefix", "cavity"),
+                              ("train.max_steps", 2))  # fmt: skip
+        for k in c.estimate_seconds:
+            c.estimate_seconds[k] = 5.0
+    return c

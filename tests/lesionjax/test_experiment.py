@@ -1,0 +1,107 @@
+"""The experiment runner on the tiny label-efficient grid: every table row and figure, the
+table's numbers equal to the means of the runs' own per-volume files, resuming skips all."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "experiments" / "label_efficient.py"
+
+
+def _experiment():
+    from lesionjax.experiment import load_config_file
+
+    exp = load_config_file(f"{CONFIG}:tiny", REPO)
+    exp.config_dir = str(CONFIG.parent)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    from lesionjax.experiment import run_experiment
+
+    workdir = tmp_path_factory.mktemp("experiment") / "le"
+    return workdir, run_experiment(_experiment(), workdir, command="test")
+
+
+def test_every_row_and_figure_is_written(tiny_experiment):
+    from lesionjax.experiment import METHODS
+
+    workdir, written = tiny_experiment
+    out = workdir / "results"
+    rows = list(csv.DictReader((out / "table3.csv").open()))
+    assert [r["method"] for r in rows] == [METHODS[k].name for k in _experiment().methods]
+    assert len(rows) == 10
+    figures = ["figure3_subtypes.png", "figure4_p_values.png"] + [
+        f"figure5_tsne_{t}.png"
+        for t in ("context_restoration", "global_contrastive", "local_contrastive", "binary",
+                  "multilabel_bce", "multilabel_dice")
+    ]  # fmt: skip
+    for name in figures:
+        assert (out / name).stat().st_size > 1000, name
+    for name in ("experiment.md", "comparison/welch_tests.md", "comparison/table.md"):
+        assert (out / name).is_file(), name
+    report = (out / "experiment.md").read_text()
+    assert all(r["method"] in report for r in rows)
+
+
+def test_table3_is_the_mean_over_each_methods_per_volume_files(tiny_experiment):
+    from lesionjax.experiment import METHODS
+
+    workdir, _ = tiny_experiment
+    rows = {r["method"]: r for r in csv.DictReader((workdir / "results" / "table3.csv").open())}
+    exp = _experiment()
+    for key in exp.methods:
+        m = METHODS[key]
+        sub = "eval_icm" if m.icm_of else "eval"
+        per_volume = []
+        for fold in exp.folds:
+            path = workdir / "runs" / (m.icm_of or key) / f"fold{fold}" / sub / "per_volume.json"
+            per_volume += json.loads(path.read_text())
+        ich = [v for v in per_volume if v["gt_voxels"] > 0]
+        for metric in ("dice_eps1", "precision_eps1", "recall_eps1"):
+            for group, vols in (("all", per_volume), ("ich", ich)):
+                values = np.array([v[metric] for v in vols], float)
+                row = rows[m.name]
+                assert float(row[f"{metric}_{group}_mean"]) == pytest.approx(values.mean())
+                assert float(row[f"{metric}_{group}_std"]) == pytest.approx(values.std())
+    # "+ ICM" rows come from the cavity-masked evaluation, not a copy of the plain one
+    plain = json.loads((workdir / "runs/mixed/fold0/eval/per_volume.json").read_text())
+    masked = json.loads((workdir / "runs/mixed/fold0/eval_icm/per_volume.json").read_text())
+    assert [v["pred_voxels"] for v in masked] != [v["pred_voxels"] for v in plain]
+    # transfer runs started from their pretext run
+    report = json.loads((workdir / "runs/binary/fold0/init_from.json").read_text())
+    assert report["source"] == str(workdir / "pretext" / "binary")
+
+
+def test_running_again_runs_nothing(tiny_experiment, capsys):
+    from lesionjax.experiment import plan_jobs, run_jobs
+
+    workdir, _ = tiny_experiment
+    exp = _experiment()
+    jobs = plan_jobs(exp, Path(exp.config_dir), workdir)
+    assert all(j.done.is_file() for j in jobs)
+    capsys.readouterr()
+    run_jobs(exp, jobs, workdir)
+    out = capsys.readouterr().out
+    assert f"{len(jobs)} jobs" in out and "to run: nothing" in out
+    assert "[1/" not in out
+
+
+def test_a_method_whose_base_is_missing_is_a_config_error():
+    from lesionjax.core.errors import ConfigError
+    from lesionjax.experiment import check_experiment
+
+    exp = _experiment()
+    exp.methods = ("mixed_icm",)
+    with pytest.raises(ConfigError, match="re-evaluates 'mixed'"):
+        check_experiment(exp)
+    exp.methods = ("mixed", "nonsense")
+    with pytest.raises(ConfigError, match="unknown"):
+        check_experiment(exp)
