@@ -56,3 +56,38 @@ def test_seg_cq500_without_data_fails_fast_with_directions(tmp_path):
     assert "Seg-CQ500 was not found at 'data/seg_cq500'" in out.stderr
     assert "configs/demo.py" in out.stderr
     assert not (tmp_path / "runs" / "seg_cq500_mixed" / "checkpoints").exists()
+
+
+def test_pretext_configs_hold_the_papers_settings_and_match_the_demo_and_pool():
+    from lesionjax.pretext.objectives import DEFAULT_HEADS
+
+    demo, pool = _load("demo"), _load("pretext/pool")
+    batch = {"context_restoration": 32, "global_contrastive": 60, "local_contrastive": 24,
+             "binary": 64, "multilabel_bce": 64, "multilabel_dice": 64}  # fmt: skip
+    for name, size in batch.items():
+        c = _load(f"pretext/{name}")
+        assert c.is_locked and c.task == "pretext"
+        assert c.train.batch_size == size, name
+        assert (c.optim.lr, c.optim.decay_rate, c.optim.weight_decay) == (1e-3, 0.96, 1e-6)
+        assert c.pretext.temperature == 0.1
+        # the encoder transfers into the demo's U-Net, trained on the pool's slices
+        assert tuple(c.model.features) == tuple(demo.model.features)
+        assert tuple(c.data.windows) == tuple(demo.data.windows)
+        for key in ("n_cases", "seed", "prefix", "shape", "spacing"):
+            assert c.data.phantom[key] == pool.data.phantom[key], (name, key)
+        assert c.data.target == "slice_labels"
+        paper = _load(f"pretext/{name}", "paper")
+        assert paper.train.epochs == 50 and tuple(paper.model.features)[-1] == 512
+        assert paper.data.size == 256
+    c = _load("pretext/context_restoration")
+    assert (c.pretext.swaps, c.pretext.patch, c.pretext.reference_size) == (20, 20, 256)
+    c = _load("pretext/local_contrastive")
+    assert (c.pretext.decoder_blocks, c.pretext.regions, c.pretext.region_size) == (3, 20, 3)
+    assert c.train.init_parts == "encoder"
+    assert _load("pretext/multilabel_dice").pretext.loss == "dice"
+    assert DEFAULT_HEADS == {
+        "global_contrastive": (512, 128),
+        "local_contrastive": (128, 32),
+        "binary": (1024, 256, 2),
+        "multilabel": (1024, 256, 7),
+    }
