@@ -424,7 +424,7 @@ FINGERPRINT = "fingerprint.json"
 PLANS = "plans3d.json"
 STAGES = ("fullres", "lowres")
 # What a 3D stage keeps of a scan: all of it, at the stage's spacing.
-WHOLE_VOLUME = ("size", "slice_range", "min_content", "spacing")
+WHOLE_VOLUME = ("size", "slice_range", "min_content", "spacing", "axial_slices")
 
 
 def stage_dir(out: Path, stage: str) -> Path:
@@ -573,6 +573,10 @@ def _parser() -> argparse.ArgumentParser:
         "--spacing", type=_floats, default=None, help="resample volumes to X,Y,Z mm first"
     )
     parser.add_argument(
+        "--axial-slices", type=int, default=None, metavar="N",
+        help="resample each volume along z to N axial slices (before --slices)",
+    )  # fmt: skip
+    parser.add_argument(
         "--slices", type=_ints, default=None, help="keep axial slices LO:HI (e.g. 70:90)"
     )
     parser.add_argument(
@@ -669,6 +673,7 @@ def main(argv: Sequence[str] | None = None, *, cavity_masks=None) -> int:
         "size": args.size,
         "spacing": args.spacing,
         "slice_range": args.slices,
+        "axial_slices": args.axial_slices,
         "min_content": args.min_content,
         "normalize": args.normalize,
         "normalize_method": args.normalize_method,

@@ -46,6 +46,7 @@ OPTION_FIELDS = (
     "normalize",
     "normalize_method",
     "target",
+    "axial_slices",
 )
 
 
@@ -62,6 +63,8 @@ class PreprocessingPlan:
     normalize: MRI percentile clipping (lo, hi). normalize_method: "percentile" | "zscore".
     target: "lesion" (the case's mask), "cavity" (its intracranial-cavity mask as the mask) or
         "slice_labels" (the slice labels its masks give, no mask: ``has_mask`` false).
+    axial_slices: resample every volume along z to this many axial slices (the residual U-Net
+        paper's 100), after ``spacing`` and before ``slice_range``; None to keep the count.
     """
 
     dataset: str
@@ -74,6 +77,7 @@ class PreprocessingPlan:
     normalize: tuple[float, float] = DEFAULT_PERCENTILES
     normalize_method: str = "percentile"
     target: str = "lesion"
+    axial_slices: int | None = None
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -100,6 +104,10 @@ class PreprocessingPlan:
             )
         if self.slice_range is not None and len(self.slice_range) != 2:
             raise ConfigError(f"data.slice_range must be (lo, hi), got {self.slice_range}")
+        if self.axial_slices is not None and not (
+            isinstance(self.axial_slices, int) and self.axial_slices > 0
+        ):
+            raise ConfigError(f"data.axial_slices must be a positive count, got {self.axial_slices}")
         norm = self.normalize
         if not (len(norm) == 2 and 0.0 <= norm[0] < norm[1] <= 100.0):
             raise ConfigError(f"data.normalize percentiles must be 0 <= lo < hi <= 100, got {norm}")
@@ -117,6 +125,8 @@ class PreprocessingPlan:
         d = {k: _lists(v) for k, v in d.items()}
         if d["target"] == "lesion":  # the default is left out: older plans read (and hash) alike
             del d["target"]
+        if d["axial_slices"] is None:  # likewise
+            del d["axial_slices"]
         d["schema_version"] = records.SCHEMA_VERSION
         return d
 
@@ -164,7 +174,7 @@ def plan_options(data) -> dict:
         if field not in data:
             continue
         value = data[field]
-        if _is_unset(value) or (field in ("size", "min_content") and value == 0):
+        if _is_unset(value) or (field in ("size", "min_content", "axial_slices") and value == 0):
             continue
         if field == "target" and value == "lesion":  # the default, as if unset
             continue

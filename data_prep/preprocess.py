@@ -171,6 +171,17 @@ def target_files(files: CaseFiles, target: str) -> CaseFiles:
     )
 
 
+def target_spacing(plan, spacing, shape) -> tuple[float, float, float] | None:
+    """The spacing a case is resampled to: the plan's ``spacing``, with z set so the volume
+    has ``axial_slices`` slices when the plan says so (the z extent kept); None for none."""
+    if plan.spacing is None and plan.axial_slices is None:
+        return None
+    out = [float(v) for v in (plan.spacing if plan.spacing is not None else spacing)]
+    if plan.axial_slices is not None:
+        out[2] = float(spacing[2]) * int(shape[2]) / int(plan.axial_slices)
+    return tuple(out)
+
+
 def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume:
     """Reads and prepares one case (see the module docstring). Raises CaseError naming the file
     and the problem for anything that makes the case unusable."""
@@ -214,16 +225,16 @@ def preprocess_case(files: CaseFiles, plan: PreprocessingPlan) -> PreparedVolume
             for x in [data, *extras]
         )
 
-    # ---- resampling to the plan's spacing
+    # ---- resampling to the plan's spacing (and along z to the plan's slice count)
     affine, spacing = image.affine, np.asarray(image.spacing, np.float64)
-    if plan.spacing is not None:
+    target = target_spacing(plan, spacing, data.shape)
+    if target is not None:
         src_affine, src_spacing = affine, spacing
         data, (mask, icm), subtypes, affine, spacing, z_source = resample_to_spacing(
-            data, [mask, icm], subtypes, affine, spacing, plan.spacing
+            data, [mask, icm], subtypes, affine, spacing, target
         )
         extras = [
-            resample_to_spacing(x, [], None, src_affine, src_spacing, plan.spacing)[0]
-            for x in extras
+            resample_to_spacing(x, [], None, src_affine, src_spacing, target)[0] for x in extras
         ]
         if csv_labels is not None:
             csv_labels = csv_labels[z_source]

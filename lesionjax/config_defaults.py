@@ -38,6 +38,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.data.windows = ()
     c.data.size = 0  # in-plane size of the shards (0: keep the scan's)
     c.data.spacing = ()  # (x, y, z) mm: resample volumes first (empty: keep the scan's)
+    c.data.axial_slices = 0  # > 0: resample each volume along z to this many slices first
     c.data.slice_range = ()  # (lo, hi): keep axial slices lo..hi-1 (empty: all)
     c.data.min_content = 0.0  # keep slices with at least this fraction of tissue voxels
     c.data.normalize = ()  # MRI percentile clipping (lo, hi) (empty: 0.5, 99.5)

@@ -81,3 +81,29 @@ def test_manifest_counts_and_folds_come_from_the_stored_masks(tmp_path):
     )
     assert manifest["counts"]["lesion_volumes"] == 2
     assert by_id["big0"]["fold"] != by_id["big1"]["fold"]
+
+
+def test_axial_slices_resample_z_to_the_count_and_map_back(tmp_path):
+    """37 slices of 5 mm -> 100 slices (the residual U-Net paper's count), then 70:90 kept:
+    the z extent is kept, the lesion slab lands at its proportional place, and a prediction
+    equal to the shard mask maps back onto the native mask."""
+    mask = np.zeros((32, 32, 37), np.uint8)
+    mask[10:20, 12:22, 26:31] = 1  # native slices 26..30 of 37: 70.3 .. 83.8 of 100
+    files = _write(tmp_path, "z", mask)
+    plan = PreprocessingPlan("pairs", "CT", windows=("brain",), axial_slices=100)
+    prepared = preprocess_case(files, plan)
+    assert prepared.channels.shape[2] == 100
+    assert np.allclose(prepared.spacing[2], 5.0 * 37 / 100)
+    assert np.allclose(prepared.spacing[:2], [1.0, 1.0])
+    z = np.flatnonzero(prepared.mask.any(axis=(0, 1)))
+    assert abs(z[0] - 26 * 100 / 37) <= 1.5 and abs(z[-1] + 1 - 31 * 100 / 37) <= 1.5
+    back = prepared.grid.to_native(prepared.mask.astype(np.float32), order=1) >= 0.5
+    assert (back == mask.astype(bool)).mean() > 0.995
+    kept = preprocess_case(
+        files, PreprocessingPlan("pairs", "CT", windows=("brain",), axial_slices=100,
+                                 slice_range=(70, 90))  # fmt: skip
+    )
+    assert kept.channels.shape[2] == 20
+    np.testing.assert_array_equal(kept.mask, prepared.mask[:, :, 70:90])
+    # the default plan (no axial_slices) writes and hashes as before
+    assert "axial_slices" not in PreprocessingPlan("pairs", "CT", windows=("brain",)).to_dict()
