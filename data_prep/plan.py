@@ -107,7 +107,9 @@ class PreprocessingPlan:
         if self.axial_slices is not None and not (
             isinstance(self.axial_slices, int) and self.axial_slices > 0
         ):
-            raise ConfigError(f"data.axial_slices must be a positive count, got {self.axial_slices}")
+            raise ConfigError(
+                f"data.axial_slices must be a positive count, got {self.axial_slices}"
+            )
         norm = self.normalize
         if not (len(norm) == 2 and 0.0 <= norm[0] < norm[1] <= 100.0):
             raise ConfigError(f"data.normalize percentiles must be 0 <= lo < hi <= 100, got {norm}")

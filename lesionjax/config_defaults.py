@@ -29,7 +29,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.progress = True
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "phantom"  # "phantom": generate the synthetic set; "folder": read raw_dir
+    # "phantom": generate the synthetic set; "folder": read raw_dir; "real_anatomy": generate
+    # synthetic lesions in a real scan (data.real_anatomy, set by the configs that use it)
+    c.data.source = "phantom"
     c.data.dataset = "pairs"  # layout reader (data_prep.layouts.LAYOUTS)
     c.data.raw_dir = ""  # default for "phantom": <workdir>/phantom
     c.data.shards_dir = ""  # default: <workdir>/shards

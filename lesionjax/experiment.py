@@ -80,7 +80,7 @@ METHODS = {
     "multilabel_ce": Method("Multi-label CE", "weakly supervised", pretext="multilabel_bce"),
     "multilabel_dice": Method("Multi-label Dice", "weakly supervised", pretext="multilabel_dice"),
 }
-KINDS = ("label_efficient",)
+KINDS = ("label_efficient", "model_comparison")
 
 
 @dataclasses.dataclass
@@ -159,6 +159,13 @@ def _tsne_pool_config(exp, base: Path, workdir: Path):
 def check_experiment(exp) -> list[str]:
     if exp.kind not in KINDS:
         raise ConfigError(f"kind={exp.kind!r}: expected one of {KINDS}")
+    if not exp.folds:
+        raise ConfigError("folds: empty; give the test folds to run (e.g. 0,1,2)")
+    if exp.kind == "model_comparison":
+        names = [name for name, _ in exp.models]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(f"models: expected two or more distinct names, got {names}")
+        return names
     unknown = [m for m in exp.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"methods: unknown {unknown} (known: {', '.join(METHODS)})")
@@ -166,15 +173,50 @@ def check_experiment(exp) -> list[str]:
         of = METHODS[m].icm_of
         if of and of not in exp.methods:
             raise ConfigError(f"methods: {m!r} re-evaluates {of!r}, which is not in the grid")
-    if not exp.folds:
-        raise ConfigError("folds: empty; give the test folds to run (e.g. 0,1,2)")
     return list(exp.methods)
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def _model_config(exp, base: Path, workdir: Path, spec: str, name: str, fold: int):
+    """A model_comparison run: the model's config on the experiment's shared data and split."""
+    c = load_config_file(spec, base)
+    apply_overrides(c, exp.segmentation_overrides)
+    c.name = f"{exp.name}_{slug(name)}_fold{fold}"
+    c.progress = bool(exp.progress)
+    c.data.raw_dir = str(workdir / "data")
+    c.data.shards_dir = str(workdir / "shards")
+    c.data.test_fold = int(fold)
+    c.data.val_fold = (int(fold) + 1) % int(c.data.n_folds)
+    return c
+
+
+def plan_model_jobs(exp, base: Path, workdir: Path) -> list[Job]:
+    """model_comparison: one run per model and test fold, all on the same data and split."""
+    from lesionjax.tasks import run_task
+
+    check_experiment(exp)
+    jobs = []
+    for fold in exp.folds:
+        for name, spec in exp.models:
+            folder = workdir / "runs" / slug(name) / f"fold{fold}"
+
+            def run(s=spec, n=name, f=fold, d=folder):
+                return run_task(_model_config(exp, base, workdir, s, n, f), d)
+
+            jobs.append(Job("segment", f"runs/{slug(name)}/fold{fold}",
+                            folder / "eval" / "summary.json", run))  # fmt: skip
+    return jobs
 
 
 def plan_jobs(exp, base: Path, workdir: Path) -> list[Job]:
     """Every job of the experiment, in the order they run."""
     from lesionjax.tasks import run_task
 
+    if exp.kind == "model_comparison":
+        return plan_model_jobs(exp, base, workdir)
     methods = check_experiment(exp)
     jobs: list[Job] = []
 
@@ -371,6 +413,55 @@ def use_compilation_cache(workdir: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def write_model_comparison(exp, workdir: Path, seconds: float, command: str) -> dict[str, Path]:
+    """The residual U-Net paper's outputs: the comparison table (IoU, Dice, ...), Figure 3
+    (overlays: image, ground truth, each model) and Figure 4 (training curves)."""
+    import shutil
+
+    from lesionjax.core.atomic import atomic_write_text
+    from lesionjax.eval import paper_outputs
+    from lesionjax.evaluate import compare
+
+    out = workdir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fold in exp.folds:
+        dirs = [workdir / "runs" / slug(n) / f"fold{fold}" for n, _ in exp.models]
+        names = [n for n, _ in exp.models]
+        sub = out / f"fold{fold}"
+        files = compare(dirs, sub, names=names, metric="dice", n_overlays=int(exp.n_overlays))
+        if "overlays" in files:
+            written[f"figure3_fold{fold}"] = Path(
+                shutil.copyfile(files["overlays"], out / f"figure3_overlays_fold{fold}.png")
+            )
+        written[f"figure4_fold{fold}"] = paper_outputs.plot_training_comparison(
+            {n: d / "metrics.jsonl" for n, d in zip(names, dirs, strict=True)},
+            out / f"figure4_training_fold{fold}.png",
+        )
+        written[f"table_fold{fold}"] = files["table"]
+    sections = []
+    for fold in exp.folds:
+        sections += [
+            f"## Test fold {fold}\n",
+            (out / f"fold{fold}" / "table.md").read_text(),
+            f"Welch t-tests: `fold{fold}/welch_tests.md`.\n",
+        ]
+        for key in (f"figure3_fold{fold}", f"figure4_fold{fold}"):
+            if key in written:
+                sections.append(f"![{written[key].stem}]({written[key].name})\n")
+    text = "\n".join(
+        [
+            f"# Experiment {exp.name}\n",
+            f"Command: `{command}`\n",
+            f"Models: {', '.join(n for n, _ in exp.models)}; jobs run by this command took "
+            f"{seconds / 60:.1f} min (jobs already done are not counted).\n",
+            *sections,
+        ]
+    )
+    written["report"] = atomic_write_text(out / "experiment.md", text)
+    return written
+
+
 def run_experiment(exp, workdir: Path, command: str = "") -> dict[str, Path]:
     """Plans and runs the experiment's jobs (skipping finished ones), then writes its outputs."""
     base = Path(exp.config_dir)
@@ -380,6 +471,8 @@ def run_experiment(exp, workdir: Path, command: str = "") -> dict[str, Path]:
     (workdir / "experiment_config.json").write_text(exp.to_json_best_effort(indent=1) + "\n")
     jobs = plan_jobs(exp, base, workdir)
     seconds = run_jobs(exp, jobs, workdir)
+    if exp.kind == "model_comparison":
+        return write_model_comparison(exp, workdir, seconds, command)
     return write_outputs(exp, workdir, seconds, command)
 
 

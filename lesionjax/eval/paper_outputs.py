@@ -107,3 +107,38 @@ def plot_figure5(name: str, features: np.ndarray, labels: np.ndarray, path) -> P
         features, labels[:, 0], path, subtype_labels=labels[:, 1:],
         title=f"t-SNE of {name} bottleneck features (validation pool)",
     )  # fmt: skip
+
+
+CURVES = (
+    ("train", "loss", "training loss"),
+    ("val", "auc", "validation AUC"),
+    ("val", "iou", "validation IoU"),
+    ("val", "precision", "validation precision"),
+    ("val", "recall", "validation recall"),
+    ("val", "dice", "validation Dice"),
+)
+
+
+def plot_training_comparison(logs: Mapping[str, str | os.PathLike], path) -> Path:
+    """The residual U-Net paper's Figure 4: training loss and the validation AUC, IoU,
+    precision, recall and Dice per epoch, one line per model (``metrics.jsonl`` of each run)."""
+    from lesionjax.eval.figures import _method_colour
+    from lesionjax.eval.plotting import new_figure, save_figure
+    from lesionjax.eval.report import read_metrics_log
+
+    fig = new_figure((15, 8))
+    axes = fig.subplots(2, 3).ravel()
+    for k, (name, log) in enumerate(logs.items()):
+        records = read_metrics_log(log)
+        for ax, (split, key, label) in zip(axes, CURVES, strict=True):
+            points = [(r["epoch"], r[key]) for r in records
+                      if r.get("split") == split and key in r]  # fmt: skip
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.plot(x, y, color=_method_colour(k), label=name, marker=".")
+            ax.set_title(label)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Training curves")
+    return save_figure(fig, path)

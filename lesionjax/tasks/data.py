@@ -33,7 +33,9 @@ def raw_dir(config, workdir: Path) -> Path:
 
 
 def raw_source(config, workdir: Path, *, progress: bool = True) -> Path:
-    """The dataset folder of a config: the phantom set, generated when absent, or the user's."""
+    """The dataset folder of a config: the phantom set or (``data.source = "real_anatomy"``)
+    synthetic lesions in a real scan (``data_prep.synthetic.real_anatomy``), generated when
+    absent, or the user's."""
     d = config.data
     src = raw_dir(config, workdir)
     if d.source == "phantom":
@@ -51,6 +53,21 @@ def raw_source(config, workdir: Path, *, progress: bool = True) -> Path:
             progress=progress,
             prefix=p.get("prefix", "phantom"),
         )
+    elif d.source == "real_anatomy":
+        from data_prep.synthetic.real_anatomy import write_real_anatomy_dataset
+
+        r = d.real_anatomy
+        host = Path(r.host).expanduser()
+        if not host.exists():
+            raise DataNotFoundError(
+                d.get("missing_hint", "")
+                or f"{host}: the host scan for data.real_anatomy was not found"
+            )
+        spacing = tuple(r.spacing) or None
+        write_real_anatomy_dataset(
+            src, r.kind, r.n_cases, r.seed, host, spacing=spacing,
+            lesion_fraction=r.lesion_fraction,
+        )  # fmt: skip
     elif not src.exists():
         raise DataNotFoundError(d.get("missing_hint", "") or f"{src}: dataset folder not found")
     return src

@@ -79,10 +79,10 @@ class MetricsLog:
 
 
 def validate(predictor: VolumePredictor, state, shards, case_ids, threshold: float) -> dict:
-    """Validation metrics for the training log: mean volume Dice, precision and recall over the
-    validation volumes with lesions ("dice", ...), Dice over all of them ("dice_all", where an
-    empty prediction of a lesion-free volume scores 1), and the mean voxel ROC AUC over the
-    volumes where it is defined (both classes present)."""
+    """Validation metrics for the training log: mean volume Dice, precision, recall and IoU
+    over the validation volumes with lesions ("dice", ...), Dice over all of them ("dice_all",
+    where an empty prediction of a lesion-free volume scores 1), and the mean voxel ROC AUC
+    over the volumes where it is defined (both classes present)."""
     per_volume, _ = evaluate_cases(
         predictor,
         state,
@@ -108,6 +108,7 @@ def validate(predictor: VolumePredictor, state, shards, case_ids, threshold: flo
         "dice_all": mean("dice", False),
         "precision": mean("precision", True),
         "recall": mean("recall", True),
+        "iou": mean("iou", True),
         "auc": mean("auc", True),
     }
 

@@ -100,8 +100,10 @@ def test_axial_slices_resample_z_to_the_count_and_map_back(tmp_path):
     back = prepared.grid.to_native(prepared.mask.astype(np.float32), order=1) >= 0.5
     assert (back == mask.astype(bool)).mean() > 0.995
     kept = preprocess_case(
-        files, PreprocessingPlan("pairs", "CT", windows=("brain",), axial_slices=100,
-                                 slice_range=(70, 90))  # fmt: skip
+        files,
+        PreprocessingPlan(
+            "pairs", "CT", windows=("brain",), axial_slices=100, slice_range=(70, 90)
+        ),  # fmt: skip
     )
     assert kept.channels.shape[2] == 20
     np.testing.assert_array_equal(kept.mask, prepared.mask[:, :, 70:90])
