@@ -36,7 +36,8 @@ def get_config(arg=None):
     c.segmentation_overrides = (("train.epochs", 8), ("eval.n_overlays", 2))
     c.pretext_dir = "../pretext"
     c.pretext_variant = ""
-    c.pretext_overrides = (("train.epochs", 2),)
+    # CPU-sized: half the pool (100 volumes, 2,400 slices), 2 epochs per pretext task.
+    c.pretext_overrides = (("train.epochs", 2), ("data.phantom.n_cases", 100))
     c.pool = "../pretext/pool.py"
     # The t-SNE figure's validation pool: another seed, no volume of the training pool.
     c.tsne_pool_overrides = (
@@ -48,7 +49,7 @@ def get_config(arg=None):
     # Seconds per job on the 2-core CPU (benchmarks/RESULTS.md), for the estimate printed first;
     # once jobs of a kind have run, their measured mean replaces it.
     c.estimate_seconds = ml_collections.ConfigDict(
-        {"pretext": 400.0, "cavity": 450.0, "segment": 150.0, "icm": 30.0, "tsne_pool": 10.0}
+        {"pretext": 160.0, "cavity": 450.0, "segment": 130.0, "icm": 30.0, "tsne_pool": 10.0}
     )
     if arg == "tiny":
         c.folds = (0,)
@@ -57,7 +58,7 @@ def get_config(arg=None):
         c.segmentation_overrides = (("train.epochs", 1), ("eval.n_overlays", 0),
                                     ("train.max_steps", 2))  # fmt: skip
         c.pretext_variant = "tiny"
-        c.pretext_overrides = (("train.max_steps", 2),)
+        c.pretext_overrides = (("train.max_steps", 2), ("data.phantom.n_cases", 6))
         c.pool = "../pretext/pool.py:tiny"
         c.tsne_pool_overrides = (("data.phantom.seed", 3000), ("data.phantom.prefix", "val"),
                                  ("data.phantom.n_cases", 3))  # fmt: skip
