@@ -71,8 +71,9 @@ def get_config(arg=None):
         c.data.real_anatomy.spacing = (2.0, 2.0, 2.0)
         c.data.real_anatomy.lesion_fraction = 0.8
         c.data.missing_hint = (
-            f"The MNI152 T1 template was not found at {MNI152!r} (it ships in ../shared/data "
-            "next to a development checkout); set --config.data.real_anatomy.host=DIR"
+            "the analogue draws strokes into the MNI152 T1 template (mri_template_mni152 in "
+            "../shared/data next to a development checkout); point "
+            "--config.data.real_anatomy.host at that folder"
         )
         c.data.axial_slices = 0
         c.data.slice_range = ()

@@ -91,3 +91,45 @@ def test_pretext_configs_hold_the_papers_settings_and_match_the_demo_and_pool():
         "binary": (1024, 256, 2),
         "multilabel": (1024, 256, 7),
     }
+
+
+def test_atlas2_resunet_holds_the_papers_setup_and_its_analogue_only_the_data():
+    c = _load("atlas2_resunet")
+    assert (c.data.dataset, c.data.axial_slices, tuple(c.data.slice_range)) == ("atlas2", 100,
+                                                                              (70, 90))  # fmt: skip
+    assert (c.data.n_folds, c.data.test_fold, c.data.val_fold) == (5, 0, 1)  # 60 / 20 / 20
+    assert c.model.name == "resunet2d" and c.model.dropout == 0.5
+    assert tuple(c.model.features) == (32, 64, 128, 256, 512)
+    assert (c.augment.flip_prob, c.augment.rotate_deg, tuple(c.augment.scale)) == (
+        0.5, 15.0, (0.9, 1.1)
+    )  # fmt: skip
+    unet = _load("atlas2_resunet", "unet")
+    assert unet.model.name == "unet2d"
+    # the baseline differs from the residual model in the model alone
+    assert unet.data.to_dict() == c.data.to_dict()
+    mni, mni_unet = _load("atlas2_resunet", "mni152"), _load("atlas2_resunet", "mni152_unet")
+    assert mni.data.source == "real_anatomy" and mni.data.real_anatomy.kind == "stroke"
+    assert mni.data.to_dict() == mni_unet.data.to_dict()
+    assert (mni.model.name, mni_unet.model.name) == ("resunet2d", "unet2d")
+
+
+def test_atlas2_without_data_fails_fast_with_directions(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "lesionjax.main",
+         f"--config={REPO / 'configs' / 'atlas2_resunet.py'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "ATLAS R2.0 was not found at 'data/atlas2'" in out.stderr
+    assert "atlas2_resunet.py:mni152" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "lesionjax.main",
+         f"--config={REPO / 'configs' / 'atlas2_resunet.py'}:mni152",
+         f"--config.data.real_anatomy.host={tmp_path / 'nothing'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"{tmp_path / 'nothing'}: data.real_anatomy.host not found" in out.stderr
+    assert "MNI152 T1 template" in out.stderr and "Traceback" not in out.stderr

@@ -105,3 +105,37 @@ def test_a_method_whose_base_is_missing_is_a_config_error():
     exp.methods = ("mixed", "nonsense")
     with pytest.raises(ConfigError, match="unknown"):
         check_experiment(exp)
+
+
+def test_model_comparison_trains_both_models_on_one_split(tmp_path, shared_data):
+    """The residual U-Net paper's comparison on the tiny MNI152 stroke analogue: both models on
+    the same volumes, their table rows equal to their own per-volume files, both figures."""
+    from lesionjax.experiment import load_config_file, run_experiment
+
+    config = REPO / "configs" / "experiments" / "resunet_stroke.py"
+    exp = load_config_file(f"{config}:tiny", REPO)
+    exp.config_dir = str(config.parent)
+    written = run_experiment(exp, tmp_path / "rs", command="test")
+    out = tmp_path / "rs" / "results"
+    for name in ("figure3_overlays_fold0.png", "figure4_training_fold0.png", "experiment.md"):
+        assert (out / name).stat().st_size > 1000, name
+    assert written["report"] == out / "experiment.md"
+    runs = {n: tmp_path / "rs" / "runs" / d / "fold0" for n, d in
+            (("U-Net", "u_net"), ("Residual U-Net", "residual_u_net"))}  # fmt: skip
+    configs = {n: json.loads((d / "config.json").read_text()) for n, d in runs.items()}
+    assert configs["U-Net"]["model"]["name"] == "unet2d"
+    assert configs["Residual U-Net"]["model"]["name"] == "resunet2d"
+    per_volume = {n: json.loads((d / "eval" / "per_volume.json").read_text())
+                  for n, d in runs.items()}  # fmt: skip
+    cases = [sorted(v["case_id"] for v in pv) for pv in per_volume.values()]
+    assert cases[0] == cases[1] and cases[0]
+    rows = {r["method"]: r for r in csv.DictReader((out / "fold0" / "table_all.csv").open())}
+    for name, pv in per_volume.items():
+        for metric in ("dice", "iou"):
+            assert float(rows[name][f"{metric}_mean"]) == pytest.approx(
+                np.mean([v[metric] for v in pv])
+            )
+    # the validation log has every curve of Figure 4
+    val = [json.loads(line) for line in (runs["U-Net"] / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["split"] == "val"]
+    assert val and all(k in val[-1] for k in ("auc", "iou", "precision", "recall", "dice"))
