@@ -59,9 +59,9 @@ def raw_source(config, workdir: Path, *, progress: bool = True) -> Path:
         r = d.real_anatomy
         host = Path(r.host).expanduser()
         if not host.exists():
+            hint = d.get("missing_hint", "")
             raise DataNotFoundError(
-                d.get("missing_hint", "")
-                or f"{host}: the host scan for data.real_anatomy was not found"
+                f"{host}: data.real_anatomy.host not found" + (f"; {hint}" if hint else "")
             )
         spacing = tuple(r.spacing) or None
         write_real_anatomy_dataset(
