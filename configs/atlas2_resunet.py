@@ -63,7 +63,6 @@ def get_config(arg=None):
         c.data.source = "real_anatomy"
         c.data.dataset = "pairs"
         c.data.raw_dir = ""  # <workdir>/phantom
-        c.data.real_anatomy = c.data.phantom.__class__()
         c.data.real_anatomy.kind = "stroke"
         c.data.real_anatomy.host = MNI152
         c.data.real_anatomy.n_cases = 24

@@ -67,6 +67,16 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.data.phantom.spacing = (0.45, 0.45, 5.0)
     c.data.phantom.lesion_fraction = 0.67
     c.data.phantom.prefix = "phantom"  # case ids <prefix>_000, ...
+    # data.source = "real_anatomy": synthetic lesions drawn into a real scan
+    # (data_prep.synthetic.real_anatomy): "hemorrhage" in a head CT (a DICOM series folder or the
+    # CT template folder), "stroke" in a T1 MRI (the MNI152 folder); spacing () = the host's.
+    c.data.real_anatomy = ml_collections.ConfigDict()
+    c.data.real_anatomy.kind = "hemorrhage"
+    c.data.real_anatomy.host = ""
+    c.data.real_anatomy.n_cases = 24
+    c.data.real_anatomy.seed = 0
+    c.data.real_anatomy.spacing = ()
+    c.data.real_anatomy.lesion_fraction = 0.7
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet2d"  # lesionjax.models.registry.MODELS: "unet2d" | "resunet2d"

@@ -133,3 +133,40 @@ def test_atlas2_without_data_fails_fast_with_directions(tmp_path):
     assert out.returncode == 1
     assert f"{tmp_path / 'nothing'}: data.real_anatomy.host not found" in out.stderr
     assert "MNI152 T1 template" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_experiment_variants_build_every_runs_config():
+    """Every job config of the experiments resolves (each override names a real key)."""
+    from lesionjax.experiment import (
+        METHODS,
+        _method_config,
+        _model_config,
+        _pretext_config,
+        _tsne_pool_config,
+        load_config_file,
+    )  # fmt: skip
+
+    base = REPO / "configs" / "experiments"
+    for variant in ("", "tiny", "real_anatomy"):
+        exp = load_config_file(f"label_efficient.py:{variant}" if variant else
+                               "label_efficient.py", base)  # fmt: skip
+        work = Path("/nonexistent/exp")
+        for key in exp.methods:
+            if not METHODS[key].icm_of:
+                c = _method_config(exp, base, work, key, exp.folds[0])
+                assert c.data.shards_dir == str(work / "shards")
+        for task in ("context_restoration", "local_contrastive", "multilabel_bce"):
+            c = _pretext_config(exp, base, work, task)
+            assert c.task == "pretext" and c.data.target == "slice_labels"
+        _tsne_pool_config(exp, base, work)
+        if variant == "real_anatomy":
+            seg = _method_config(exp, base, work, "mixed", 0)
+            pool = _pretext_config(exp, base, work, "binary")
+            assert seg.data.source == pool.data.source == "real_anatomy"
+            assert seg.data.real_anatomy.n_cases == 10
+            assert seg.data.real_anatomy.host.endswith("ct_template_scct")
+            assert pool.data.real_anatomy.host.endswith("ct_head_ge_dicom")
+            assert tuple(seg.data.spacing) == tuple(pool.data.spacing) == (1.8, 1.8, 6.0)
+    exp = load_config_file("resunet_stroke.py", base)
+    for name, spec in exp.models:
+        assert _model_config(exp, base, Path("/x"), spec, name, 0).data.source == "real_anatomy"
