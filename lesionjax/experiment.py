@@ -39,6 +39,7 @@ from ml_collections import config_flags
 
 from lesionjax.cli import absl_flags_parser, config_flag_value, config_spec, run_command
 from lesionjax.core.errors import ConfigError, UserError
+from lesionjax.eval.runs import write_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
@@ -466,9 +467,8 @@ def run_experiment(exp, workdir: Path, command: str = "") -> dict[str, Path]:
     """Plans and runs the experiment's jobs (skipping finished ones), then writes its outputs."""
     base = Path(exp.config_dir)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, exp, "experiment_config.json")
     use_compilation_cache(workdir)
-    (workdir / "experiment_config.json").write_text(exp.to_json_best_effort(indent=1) + "\n")
     jobs = plan_jobs(exp, base, workdir)
     seconds = run_jobs(exp, jobs, workdir)
     if exp.kind == "model_comparison":

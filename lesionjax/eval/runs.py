@@ -39,6 +39,16 @@ class Model:
     predictor: object  # inference.VolumePredictor
 
 
+def write_config(workdir: Path, config, name: str = "config.json") -> Path:
+    """Creates the run folder and writes its config (what ``load_config`` reads back),
+    atomically."""
+    from lesionjax.core.atomic import atomic_write_text
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(workdir / name, config.to_json_best_effort(indent=1) + "\n")
+
+
 def load_config(workdir: Path):
     """The run's saved config (``workdir/config.json``, written by the main job)."""
     import ml_collections

@@ -50,6 +50,11 @@ class _EncoderNet(nnx.Module):
         """Eval-mode bottleneck output (B, h, w, features[-1]), as ``UNet2D``'s."""
         return self.encode(x, train=False)[-1]
 
+    def pooled_head(self, head, x: jax.Array, train: bool) -> jax.Array:
+        """``head`` on the global-average-pooled bottleneck, float32 out."""
+        pooled = global_average_pool(self.encode(x, train=train)[-1])
+        return head(pooled.astype(x.dtype)).astype(jnp.float32)
+
 
 class RestorationNet(_EncoderNet):
     """The whole U-Net; x (B, H, W, C) -> the restored image (B, H, W, C), linear output."""
@@ -81,8 +86,7 @@ class ContrastiveNet(_EncoderNet):
 
     def __call__(self, x, *, train: bool = False, rngs=None) -> jax.Array:
         del rngs
-        pooled = global_average_pool(self.encode(x, train=train)[-1])
-        return self.projector(pooled.astype(x.dtype)).astype(jnp.float32)
+        return self.pooled_head(self.projector, x, train)
 
 
 class ClassifierNet(_EncoderNet):
@@ -97,8 +101,7 @@ class ClassifierNet(_EncoderNet):
 
     def __call__(self, x, *, train: bool = False, rngs=None) -> jax.Array:
         del rngs
-        pooled = global_average_pool(self.encode(x, train=train)[-1])
-        return self.classifier(pooled.astype(x.dtype)).astype(jnp.float32)
+        return self.pooled_head(self.classifier, x, train)
 
 
 class LocalContrastiveNet(_EncoderNet):

@@ -38,7 +38,7 @@ from lesionjax.core.errors import ConfigError
 from lesionjax.core.geometry import zoom_to_shape
 from lesionjax.data.priors import ShardSetWithPriors, write_prior
 from lesionjax.eval.ensemble import EnsemblePredictor, Member
-from lesionjax.eval.runs import write_preprocessing
+from lesionjax.eval.runs import write_config, write_preprocessing
 from lesionjax.tasks.data import prepare_3d
 from lesionjax.tasks.native import native_truth
 
@@ -181,8 +181,7 @@ def run_cascade(config, workdir: Path) -> dict:
     is_main = jax.process_index() == 0
     t0 = time.perf_counter()
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        write_config(workdir, config)
     plan, stage_sets = prepare_3d(config, workdir, progress=config.get("progress", True))
     stages = tuple(config.cascade.stages)
     missing = [s for s in stages if s not in plan["stages"]]
@@ -226,8 +225,7 @@ def run_cascade(config, workdir: Path) -> dict:
                 raise ConfigError(f"fold {fold}: no training or validation volumes ({split})")
             run_dir = stage_dir / f"fold_{fold}"
             if is_main:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "config.json").write_text(cfg.to_json_best_effort(indent=1) + "\n")
+                write_config(run_dir, cfg)
                 # What lesionjax.predict feeds this fold's model with (+ the prior channel).
                 write_preprocessing(run_dir, shards.plan, shards.n_channels)
             result = train(cfg, run_dir, shards, split)

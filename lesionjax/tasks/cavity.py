@@ -27,6 +27,7 @@ import numpy as np
 
 from lesionjax.core.atomic import atomic_write_json, atomic_write_text
 from lesionjax.core.errors import ConfigError
+from lesionjax.eval.runs import write_config
 from lesionjax.tasks.cavity_mask import RESULT, CavityModel
 
 
@@ -134,8 +135,7 @@ def run_cavity(config, workdir: Path) -> dict:
     t0 = time.perf_counter()
     is_main = jax.process_index() == 0
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        write_config(workdir, config)
     members = _members(config)
     first_shards = None
     for window, batch_size in members:

@@ -22,6 +22,7 @@ import numpy as np
 
 from lesionjax.core.atomic import atomic_write_json
 from lesionjax.core.labels import SLICE_LABELS
+from lesionjax.eval.runs import write_config
 from lesionjax.tasks.data import prepare_shards
 
 
@@ -48,8 +49,7 @@ def run_pool(config, workdir: Path) -> dict:
     t0 = time.perf_counter()
     workdir = Path(workdir)
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        write_config(workdir, config)
     shards = prepare_shards(config, workdir, progress=config.get("progress", True))
     result = {"shards": str(shards.root), **pool_counts(shards)}
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -23,6 +23,7 @@ import numpy as np
 
 from lesionjax.core.atomic import atomic_write_json
 from lesionjax.core.labels import SLICE_LABELS
+from lesionjax.eval.runs import write_config
 from lesionjax.tasks.data import prepare_shards
 
 
@@ -60,8 +61,7 @@ def run_pretext(config, workdir: Path) -> dict:
     t0 = time.perf_counter()
     is_main = jax.process_index() == 0
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        write_config(workdir, config)
     shards = prepare_shards(config, workdir, progress=config.get("progress", True))
     case_ids = [v["case_id"] for v in shards.volumes]
     objective = build_objective(config, label_targets=pool_targets(shards, case_ids))

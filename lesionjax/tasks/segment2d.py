@@ -10,7 +10,7 @@ import jax
 from lesionjax.core.errors import ConfigError, UserError
 from lesionjax.data import sampling
 from lesionjax.data.shards import ShardSet
-from lesionjax.eval.runs import write_preprocessing
+from lesionjax.eval.runs import write_config, write_preprocessing
 from lesionjax.tasks.cavity_mask import native_cavity_filter
 from lesionjax.tasks.data import prepare_shards
 from lesionjax.tasks.native import native_truth
@@ -56,8 +56,7 @@ def run_segmentation(config, workdir: Path) -> dict:
     progress = config.get("progress", True)
     t0 = time.perf_counter()
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        write_config(workdir, config)
     shards = prepare_shards(config, workdir, progress=progress)
     if is_main:  # what lesionjax.predict feeds the model with, from the run folder alone
         write_preprocessing(workdir, shards.plan, shards.n_channels)
