@@ -134,6 +134,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.eval.threshold = 0.5
     c.eval.batch_size = 32
     c.eval.n_overlays = 4
+    # Figures of each run's report (training curves, overlays, box plots); False: numbers only
+    # (a large grid of runs, or the tiny test grid, where drawing takes most of a run's time).
+    c.eval.figures = True
     # Tolerance (mm) of the normalized surface Dice: INSTANCE 2022's evaluation uses 0.42 mm;
     # a config for other data sets its own (the demo: one 1.8 mm voxel).
     c.eval.nsd_tolerance_mm = 0.42

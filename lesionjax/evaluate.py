@@ -251,6 +251,7 @@ def reevaluate(
             split=split,
             out_dir=eval_dir(run, split, ensemble=bool(members), tta=tta, icm=bool(cavity_mask)),
             features=features,
+            draw_figures=bool(config.eval.get("figures", True)),
             extra={
                 "checkpoint_step": run.step,
                 "best_val_dice": run.best_val_dice,

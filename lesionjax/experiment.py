@@ -7,7 +7,9 @@ paper's table and figures.
 The experiment config names the configs its runs come from (paths relative to the experiment
 config's folder, ``file.py:variant``), the overrides for each kind of run, the folds and the
 methods (rows of the paper's table, ``METHODS``). The runner plans every job, prints how many
-there are and an estimate of the time, then runs them in order, one progress line each:
+there are and an estimate of the time, then runs them (``lesionjax.jobs``: in order, or
+``workers`` at a time in worker processes, each once the jobs it needs are done), one
+progress line each:
 
 - ``pretext/<task>``: the pretext runs (``configs/pretext/*.py``) on one shared pool;
   the local contrastive run starts from the global one;
@@ -16,7 +18,8 @@ there are and an estimate of the time, then runs them in order, one progress lin
 - ``runs/<method>/fold<k>``: one segmentation run per method and test fold, all on the same
   shards (``DIR/shards``), the transfer methods starting from their pretext run;
 - ``+ ICM`` rows: the ICH-only / Mixed runs re-evaluated with the cavity mask (``eval_icm``);
-- ``tsne_pool``: a validation pool (another seed) for the t-SNE figure.
+- ``tsne_pool``: a validation pool (another seed) for the t-SNE figure, and
+  ``results/figure5_tsne_<task>.png``: Figure 5 of each pretext model on it.
 
 A job whose result file exists is skipped, so running the same command again resumes. The
 outputs go to ``DIR/results/`` (``lesionjax.eval.paper_outputs``): ``table3.md`` / ``.csv``,
@@ -27,10 +30,10 @@ comparison (every metric, Welch tests) in ``comparison/`` and ``experiment.md``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from ml_collections import config_flags
 from lesionjax.cli import absl_flags_parser, config_flag_value, config_spec, run_command
 from lesionjax.core.errors import ConfigError, UserError
 from lesionjax.eval.runs import write_config
+from lesionjax.jobs import Job, run_jobs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
@@ -82,14 +86,6 @@ METHODS = {
     "multilabel_dice": Method("Multi-label Dice", "weakly supervised", pretext="multilabel_dice"),
 }
 KINDS = ("label_efficient", "model_comparison")
-
-
-@dataclasses.dataclass
-class Job:
-    kind: str  # "pretext" | "cavity" | "segment" | "icm" | "tsne_pool"
-    name: str  # the folder, relative to the experiment's
-    done: Path  # exists when the job is complete
-    run: Callable[[], dict]
 
 
 def load_config_file(spec: str, base: Path):
@@ -194,75 +190,108 @@ def _model_config(exp, base: Path, workdir: Path, spec: str, name: str, fold: in
     return c
 
 
-def plan_model_jobs(exp, base: Path, workdir: Path) -> list[Job]:
-    """model_comparison: one run per model and test fold, all on the same data and split."""
+def _run_task(make_config: Callable, folder: Path) -> dict:
+    """A job's work: the run of ``make_config()`` in ``folder`` (module level: picklable)."""
     from lesionjax.tasks import run_task
 
+    return run_task(make_config(), folder)
+
+
+def plan_model_jobs(exp, base: Path, workdir: Path) -> list[Job]:
+    """model_comparison: one run per model and test fold, all on the same data and split (the
+    first run builds it, the others need that one)."""
     check_experiment(exp)
-    jobs = []
+    jobs: list[Job] = []
     for fold in exp.folds:
         for name, spec in exp.models:
             folder = workdir / "runs" / slug(name) / f"fold{fold}"
-
-            def run(s=spec, n=name, f=fold, d=folder):
-                return run_task(_model_config(exp, base, workdir, s, n, f), d)
-
+            make = functools.partial(_model_config, exp, base, workdir, spec, name, fold)
             jobs.append(Job("segment", f"runs/{slug(name)}/fold{fold}",
-                            folder / "eval" / "summary.json", run))  # fmt: skip
+                            folder / "eval" / "summary.json",
+                            functools.partial(_run_task, make, folder),
+                            needs=(jobs[0].name,) if jobs else ()))  # fmt: skip
     return jobs
 
 
-def plan_jobs(exp, base: Path, workdir: Path) -> list[Job]:
-    """Every job of the experiment, in the order they run."""
-    from lesionjax.tasks import run_task
+def _cavity_config(exp, base: Path):
+    c = load_config_file(exp.cavity, base)
+    apply_overrides(c, exp.cavity_overrides)
+    c.progress = bool(exp.progress)
+    return c
 
+
+def plan_jobs(exp, base: Path, workdir: Path) -> list[Job]:
+    """Every job of the experiment, in an order they can run in, with what each needs: the
+    first pretext run builds the pool the others read, the local contrastive run starts from
+    the global one, the first segmentation run builds the shards of all of them, a transfer
+    run starts from its pretext run, a "+ ICM" row needs its run and the cavity models."""
     if exp.kind == "model_comparison":
         return plan_model_jobs(exp, base, workdir)
     methods = check_experiment(exp)
     jobs: list[Job] = []
 
-    def task_job(kind, name, done_file, make_config):
+    def task_job(kind, name, done_file, make_config, needs=()):
         folder = workdir / name
-
-        def run():
-            return run_task(make_config(), folder)
-
-        jobs.append(Job(kind, name, folder / done_file, run))
+        run = functools.partial(_run_task, make_config, folder)
+        jobs.append(Job(kind, name, folder / done_file, run, tuple(n for n in needs if n)))
 
     pretexts = list(dict.fromkeys(METHODS[m].pretext for m in methods if METHODS[m].pretext))
     if "local_contrastive" in pretexts and "global_contrastive" not in pretexts:
         pretexts.insert(pretexts.index("local_contrastive"), "global_contrastive")
     pretexts.sort(key=lambda t: t == "local_contrastive")  # after the global one
-    for task in pretexts:
+    for i, task in enumerate(pretexts):
+        needs = [f"pretext/{pretexts[0]}" if i else ""]
+        if task == "local_contrastive":
+            needs.append("pretext/global_contrastive")
         task_job("pretext", f"pretext/{task}", "pretext.json",
-                 lambda t=task: _pretext_config(exp, base, workdir, t))  # fmt: skip
+                 functools.partial(_pretext_config, exp, base, workdir, task), needs)  # fmt: skip
+    if pretexts and exp.tsne_slices > 0:
+        task_job("tsne_pool", "tsne_pool", "pool.json",
+                 functools.partial(_tsne_pool_config, exp, base, workdir))  # fmt: skip
+        for task in pretexts:
+            jobs.append(Job("figure5", f"results/figure5_tsne_{task}.png",
+                            workdir / "results" / f"figure5_tsne_{task}.png",
+                            functools.partial(_figure5, exp, workdir, task),
+                            needs=("tsne_pool", f"pretext/{task}")))  # fmt: skip
     if any(METHODS[m].icm_of for m in methods):
-
-        def cavity_config():
-            c = load_config_file(exp.cavity, base)
-            apply_overrides(c, exp.cavity_overrides)
-            c.progress = bool(exp.progress)
-            return c
-
-        task_job("cavity", "cavity", "cavity.json", cavity_config)
+        task_job("cavity", "cavity", "cavity.json", functools.partial(_cavity_config, exp, base))
     cavity = workdir / "cavity"
+    first = ""  # the first segmentation run: it builds the shards every run reads
     for fold in exp.folds:
         for m in methods:
             if METHODS[m].icm_of:
                 continue
+            pretext = METHODS[m].pretext
             task_job("segment", f"runs/{m}/fold{fold}", "eval/summary.json",
-                     lambda m=m, f=fold: _method_config(exp, base, workdir, m, f))  # fmt: skip
+                     functools.partial(_method_config, exp, base, workdir, m, fold),
+                     [first, f"pretext/{pretext}" if pretext else ""])  # fmt: skip
+            first = first or jobs[-1].name
         for m in methods:
             of = METHODS[m].icm_of
             if of:
                 folder = workdir / "runs" / of / f"fold{fold}"
                 jobs.append(Job("icm", f"runs/{of}/fold{fold} + ICM",
                                 folder / "eval_icm" / "summary.json",
-                                lambda d=folder: _reevaluate_icm(exp, d, cavity)))  # fmt: skip
-    if pretexts and exp.tsne_slices > 0:
-        task_job("tsne_pool", "tsne_pool", "pool.json",
-                 lambda: _tsne_pool_config(exp, base, workdir))  # fmt: skip
+                                functools.partial(_reevaluate_icm, exp, folder, cavity),
+                                needs=(f"runs/{of}/fold{fold}", "cavity")))  # fmt: skip
     return jobs
+
+
+def _figure5(exp, workdir: Path, task: str) -> dict:
+    """Figure 5 of one pretext model: t-SNE of its bottleneck features on the validation pool
+    (the same slices for every model)."""
+    from lesionjax.data.shards import ShardSet
+    from lesionjax.eval import paper_outputs
+    from lesionjax.tasks.pretext import pool_features, pool_slices
+
+    pool = ShardSet.load(workdir / "tsne_pool" / "shards")
+    slices = pool_slices(pool, max_slices=int(exp.tsne_slices), seed=0)
+    features = pool_features(workdir / "pretext" / task, pool, slices)
+    labels = [flags for _, _, flags in slices]
+    (workdir / "results").mkdir(parents=True, exist_ok=True)
+    path = paper_outputs.plot_figure5(task.replace("_", " "), features, labels,
+                                      workdir / "results" / f"figure5_tsne_{task}.png")  # fmt: skip
+    return {"slices": len(slices), "figure": str(path)}
 
 
 def _reevaluate_icm(exp, run_dir: Path, cavity_dir: Path) -> dict:
@@ -272,20 +301,6 @@ def _reevaluate_icm(exp, run_dir: Path, cavity_dir: Path) -> dict:
                       tsne_slices=0)  # fmt: skip
 
 
-def estimate_seconds(exp, jobs: list[Job], measured: dict[str, list[float]]) -> float:
-    """Seconds the jobs still to run will take: each kind's mean measured time in this run, or
-    the config's estimate for it (``estimate_seconds``, measured on the 2-core CPU)."""
-    total = 0.0
-    for job in jobs:
-        seen = measured.get(job.kind)
-        total += sum(seen) / len(seen) if seen else float(exp.estimate_seconds.get(job.kind, 60))
-    return total
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
 def _headline(kind: str, result: dict) -> str:
     if kind in ("segment", "icm"):
         return f"test Dice {result.get('mean_dice', float('nan')):.3f}"
@@ -293,36 +308,9 @@ def _headline(kind: str, result: dict) -> str:
         return f"final loss {result.get('final_loss', float('nan')):.4f}"
     if kind == "cavity":
         return f"cavity Dice {result.get('mean_dice', float('nan')):.3f}"
+    if kind == "figure5":
+        return f"t-SNE of {result.get('slices', '?')} slices"
     return f"{result.get('slices', '?')} slices"
-
-
-def run_jobs(exp, jobs: list[Job], workdir: Path) -> float:
-    todo = [j for j in jobs if not j.done.is_file()]
-    counts = {}
-    for j in todo:
-        counts[j.kind] = counts.get(j.kind, 0) + 1
-    print(
-        f"experiment {exp.name}: {len(jobs)} jobs in {workdir}, {len(jobs) - len(todo)} already "
-        f"done; to run: " + (", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing")
-        + f"; estimate {_minutes(estimate_seconds(exp, todo, {}))}",
-        flush=True,
-    )  # fmt: skip
-    measured: dict[str, list[float]] = {}
-    t_all = time.perf_counter()
-    for i, job in enumerate(jobs, 1):
-        if job.done.is_file():
-            continue
-        t0 = time.perf_counter()
-        result = job.run()
-        seconds = time.perf_counter() - t0
-        measured.setdefault(job.kind, []).append(seconds)
-        left = estimate_seconds(exp, [j for j in jobs[i:] if not j.done.is_file()], measured)
-        print(
-            f"[{i}/{len(jobs)}] {job.name}: {seconds:.0f} s, {_headline(job.kind, result)}; "
-            f"about {_minutes(left)} left",
-            flush=True,
-        )
-    return time.perf_counter() - t_all
 
 
 def _per_volume(folder: Path) -> list[dict]:
@@ -346,10 +334,8 @@ def collect(exp, workdir: Path) -> dict[str, list[dict]]:
 
 def write_outputs(exp, workdir: Path, seconds: float, command: str) -> dict[str, Path]:
     from lesionjax.core.atomic import atomic_write_text
-    from lesionjax.data.shards import ShardSet
     from lesionjax.eval import paper_outputs
     from lesionjax.evaluate import compare
-    from lesionjax.tasks.pretext import pool_features, pool_slices
 
     out = workdir / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -374,15 +360,9 @@ def write_outputs(exp, workdir: Path, seconds: float, command: str) -> dict[str,
             names.append(m.name)
         compare(dirs, out / "comparison", names=names, metric="dice_eps1", n_overlays=0)
     pretexts = [t for t in dict.fromkeys(METHODS[k].pretext for k in exp.methods) if t]
-    if pretexts and exp.tsne_slices > 0:
-        pool = ShardSet.load(workdir / "tsne_pool" / "shards")
-        slices = pool_slices(pool, max_slices=int(exp.tsne_slices), seed=0)
-        labels = [flags for _, _, flags in slices]
+    if pretexts and exp.tsne_slices > 0:  # drawn by the figure5 jobs
         for task in pretexts:
-            features = pool_features(workdir / "pretext" / task, pool, slices)
-            written[f"figure5_{task}"] = paper_outputs.plot_figure5(
-                task.replace("_", " "), features, labels, out / f"figure5_tsne_{task}.png"
-            )
+            written[f"figure5_{task}"] = out / f"figure5_tsne_{task}.png"
     table = (out / "table3.md").read_text()
     figures = [p for k, p in written.items() if k.startswith("figure")]
     text = "\n".join(
@@ -467,10 +447,18 @@ def run_experiment(exp, workdir: Path, command: str = "") -> dict[str, Path]:
     """Plans and runs the experiment's jobs (skipping finished ones), then writes its outputs."""
     base = Path(exp.config_dir)
     workdir = Path(workdir)
+    workers = int(exp.get("workers", 1))
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: expected 1 or more worker processes")
+    if workers > 1 and exp.progress:  # progress bars of parallel runs would overwrite each other
+        exp = exp.copy_and_resolve_references()
+        exp.progress = False
     write_config(workdir, exp, "experiment_config.json")
     use_compilation_cache(workdir)
     jobs = plan_jobs(exp, base, workdir)
-    seconds = run_jobs(exp, jobs, workdir)
+    defaults = exp.get("estimate_seconds", {})
+    seconds = run_jobs(jobs, title=f"experiment {exp.name} in {workdir}", workers=workers,
+                       defaults=dict(defaults), headline=_headline)  # fmt: skip
     if exp.kind == "model_comparison":
         return write_model_comparison(exp, workdir, seconds, command)
     return write_outputs(exp, workdir, seconds, command)

@@ -39,6 +39,9 @@ def get_config(arg=None):
     c.kind = "label_efficient"
     c.config_dir = ""  # "": the folder of this file (set by the runner)
     c.progress = True
+    # Jobs at once, each in a worker process once the jobs it needs are done (1: in order, in
+    # this process). Workers share this host's devices: for CPU hosts and small models.
+    c.workers = 1
     c.methods = METHODS
     c.folds = (0, 1, 2)
     c.segmentation = "../demo.py"
@@ -58,7 +61,14 @@ def get_config(arg=None):
     # Seconds per job on the 2-core CPU (benchmarks/RESULTS.md), for the estimate printed first;
     # once jobs of a kind have run, their measured mean replaces it.
     c.estimate_seconds = ml_collections.ConfigDict(
-        {"pretext": 160.0, "cavity": 450.0, "segment": 130.0, "icm": 30.0, "tsne_pool": 10.0}
+        {
+            "pretext": 160.0,
+            "cavity": 450.0,
+            "segment": 130.0,
+            "icm": 30.0,
+            "tsne_pool": 10.0,
+            "figure5": 10.0,
+        }
     )
     if arg == "real_anatomy":
         c.name = "label_efficient_real_anatomy"
@@ -83,17 +93,30 @@ def get_config(arg=None):
         c.folds = (0,)
         c.progress = False
         c.segmentation = "../demo.py:tiny"
-        c.segmentation_overrides = (("train.epochs", 1), ("eval.n_overlays", 0),
-                                    ("train.max_steps", 2))  # fmt: skip
+        c.workers = 2
+        # Two-level U-Nets (compiling fast) and no per-run figures: the grid's own outputs
+        # are what the test checks, and on the 2-core CPU drawing was half a run's time.
+        two_levels = (("model.features", (8, 16)),)
+        c.segmentation_overrides = (
+            ("train.epochs", 1),
+            ("eval.n_overlays", 0),
+            ("train.max_steps", 2),
+            ("eval.figures", False),
+        ) + two_levels
         c.pretext_variant = "tiny"
-        c.pretext_overrides = (("train.max_steps", 2), ("data.phantom.n_cases", 6))
+        c.pretext_overrides = (
+            ("train.max_steps", 2),
+            ("data.phantom.n_cases", 6),
+            ("pretext.decoder_blocks", 1),
+        ) + two_levels
         c.pool = "../pretext/pool.py:tiny"
         c.tsne_pool_overrides = (("data.phantom.seed", 3000), ("data.phantom.prefix", "val"),
                                  ("data.phantom.n_cases", 3))  # fmt: skip
         c.tsne_slices = 24
         c.cavity = "../cavity.py:tiny"
         c.cavity_overrides = (("data.phantom.seed", 2000), ("data.phantom.prefix", "cavity"),
-                              ("train.max_steps", 2))  # fmt: skip
+                              ("train.max_steps", 2), ("eval.figures", False),
+                              *two_levels)  # fmt: skip
         for k in c.estimate_seconds:
             c.estimate_seconds[k] = 5.0
     return c

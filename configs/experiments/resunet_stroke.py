@@ -26,6 +26,9 @@ def get_config(arg=None):
     c.kind = "model_comparison"
     c.config_dir = ""  # "": the folder of this file (set by the runner)
     c.progress = True
+    # Jobs at once, each in a worker process once the jobs it needs are done (1: in order, in
+    # this process). Workers share this host's devices: for CPU hosts and small models.
+    c.workers = 1
     c.models = (
         ("U-Net", "../atlas2_resunet.py:mni152_unet"),
         ("Residual U-Net", "../atlas2_resunet.py:mni152"),

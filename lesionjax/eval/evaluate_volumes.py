@@ -329,6 +329,7 @@ def write_evaluation(
     title: str = "lesionjax evaluation",
     out_dir: str | Path | None = None,
     features: dict[str, np.ndarray] | None = None,
+    draw_figures: bool = True,
 ) -> dict:
     """Writes eval/summary.json, eval/per_volume.{json,csv} and eval/report.md (+ PNGs).
 
@@ -336,7 +337,8 @@ def write_evaluation(
     ``n_volumes``, ``n_lesion_volumes`` and the full mean ± std tables. The report has the
     training curves (from ``workdir/metrics.jsonl`` when present), overlays, per-volume Dice box
     plots by ICH subtype and, with ``features`` (a `slice_features` result), a t-SNE plot.
-    ``out_dir`` defaults to ``workdir/eval``.
+    ``out_dir`` defaults to ``workdir/eval``. ``draw_figures=False`` (``eval.figures``): the
+    numbers and the report without any figure.
     """
     from lesionjax.eval import figures
 
@@ -362,7 +364,7 @@ def write_evaluation(
     log = Path(workdir) / "metrics.jsonl"
     history = read_metrics_log(log) if log.exists() else []
     extra_figures = []
-    if per_volume:
+    if per_volume and draw_figures:
         boxplot = figures.plot_metric_boxplots(
             {"prediction": per_volume}, out / "dice_boxplot.png", metric="dice"
         )
@@ -374,7 +376,7 @@ def write_evaluation(
                 "it contains; n = volumes per box.",
             )
         )
-    if features is not None:
+    if features is not None and draw_figures:
         tsne = figures.plot_tsne(
             features["features"],
             features["lesion"],
@@ -401,6 +403,7 @@ def write_evaluation(
         overlay_examples=overlay_examples,
         title=f"{title}; metrics on the {grid_note}",
         figures=extra_figures,
+        draw_figures=draw_figures,
     )
     result["report"] = str(report)
     return result

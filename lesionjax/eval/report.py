@@ -319,8 +319,10 @@ def write_report(
     overlay_examples: Sequence[Mapping],
     title: str = "lesionjax evaluation",
     figures: Sequence[tuple[str, str | os.PathLike, str]] = (),
+    draw_figures: bool = True,
 ) -> Path:
-    """Writes ``out_dir/report.md`` with ``training_curves.png`` and ``overlays.png`` beside it.
+    """Writes ``out_dir/report.md`` with ``training_curves.png`` and ``overlays.png`` beside it
+    (neither with ``draw_figures=False``: the report says where the numbers are instead).
 
     Args:
       out_dir: folder for the three files (created).
@@ -337,8 +339,22 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    curves = plot_training_curves(history, out_dir / "training_curves.png")
-    overlays = plot_overlays(overlay_examples, out_dir / "overlays.png")
+    if draw_figures:
+        curves = plot_training_curves(history, out_dir / "training_curves.png")
+        overlays = plot_overlays(overlay_examples, out_dir / "overlays.png")
+        figure_text = [
+            "## Training curves\n",
+            f"![training curves]({curves.name})\n",
+            "## Prediction overlays\n",
+            "Anterior up, patient right on the right; green: ground truth.\n",
+            f"![prediction overlays]({overlays.name})\n",
+            *_figure_sections(figures),
+        ]
+    else:
+        figure_text = [
+            "Figures were not drawn (`eval.figures = False`); the training log is "
+            "`metrics.jsonl` in the run folder.\n"
+        ]
     text = "\n".join(
         [
             f"# {title}\n",
@@ -350,12 +366,7 @@ def write_report(
             format_summary_table(summary),
             "## Per-volume metrics\n",
             _per_volume_table(per_volume),
-            "## Training curves\n",
-            f"![training curves]({curves.name})\n",
-            "## Prediction overlays\n",
-            "Anterior up, patient right on the right; green: ground truth.\n",
-            f"![prediction overlays]({overlays.name})\n",
-            *_figure_sections(figures),
+            *figure_text,
         ]
     )
     return atomic_write_text(out_dir / "report.md", text)

@@ -148,7 +148,13 @@ def _evaluate(config, workdir, predictor, state, shards, case_ids, out_dir, spli
     )
     if jax.process_index() == 0:
         write_evaluation(
-            out_dir.parent, per_volume, overlays, split=split, title=title, out_dir=out_dir
+            out_dir.parent,
+            per_volume,
+            overlays,
+            split=split,
+            title=title,
+            out_dir=out_dir,
+            draw_figures=bool(config.eval.get("figures", True)),
         )
     return _summary_row(summarize(per_volume), per_volume)
 

@@ -107,6 +107,7 @@ def run_segmentation(config, workdir: Path) -> dict:
             },
             title=f"lesionjax evaluation: {config.get('name', 'run')} ({eval_split} fold "
             f"{config.data.test_fold})",
+            draw_figures=bool(config.eval.get("figures", True)),
         )
     _sync("eval-written")
     return summary

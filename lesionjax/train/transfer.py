@@ -81,17 +81,18 @@ def read_source(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
         if manager.latest_step() is None:
             raise ConfigError(f"train.init_from={run_dir}: the run has no checkpoint")
         step, _ = state_lib.pick_step(manager)
-        meta = manager.item_metadata(step)["state"]
-        device = jax.local_devices()[0]
-        sharding = jax.sharding.SingleDeviceSharding(device)
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta
-        )
         from absl import logging
 
         verbosity = logging.get_verbosity()
-        logging.set_verbosity(logging.ERROR)  # Orbax warns that the "data" item is not read
+        # Orbax warns, reading the metadata and restoring, that the "data" item is not read
+        logging.set_verbosity(logging.ERROR)
         try:
+            meta = manager.item_metadata(step)["state"]
+            device = jax.local_devices()[0]
+            sharding = jax.sharding.SingleDeviceSharding(device)
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta
+            )
             restored = manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             )["state"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +27,27 @@ def _experiment():
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
-    from lesionjax.experiment import run_experiment
-
+    """The command a user runs, on one CPU device (the suite's four fake devices removed): its
+    two worker processes run the 24 jobs, then it writes the paper's outputs."""
     workdir = tmp_path_factory.mktemp("experiment") / "le"
-    return workdir, run_experiment(_experiment(), workdir, command="test")
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+    )
+    command = [sys.executable, "-m", "lesionjax.experiment", "--config", f"{CONFIG}:tiny",
+               "--workdir", str(workdir)]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"report: {workdir / 'results' / 'experiment.md'}" in done.stdout
+    return workdir, done.stdout
 
 
 def test_every_row_and_figure_is_written(tiny_experiment):
     from lesionjax.experiment import METHODS
 
-    workdir, written = tiny_experiment
+    workdir, stdout = tiny_experiment
     out = workdir / "results"
+    assert "on 2 worker processes" in stdout and "[24/24]" in stdout
     rows = list(csv.DictReader((out / "table3.csv").open()))
     assert [r["method"] for r in rows] == [METHODS[k].name for k in _experiment().methods]
     assert len(rows) == 10
@@ -81,14 +94,15 @@ def test_table3_is_the_mean_over_each_methods_per_volume_files(tiny_experiment):
 
 
 def test_running_again_runs_nothing(tiny_experiment, capsys):
-    from lesionjax.experiment import plan_jobs, run_jobs
+    from lesionjax.experiment import plan_jobs
+    from lesionjax.jobs import run_jobs
 
     workdir, _ = tiny_experiment
     exp = _experiment()
     jobs = plan_jobs(exp, Path(exp.config_dir), workdir)
     assert all(j.done.is_file() for j in jobs)
     capsys.readouterr()
-    run_jobs(exp, jobs, workdir)
+    run_jobs(jobs, title="again", workers=2)
     out = capsys.readouterr().out
     assert f"{len(jobs)} jobs" in out and "to run: nothing" in out
     assert "[1/" not in out
