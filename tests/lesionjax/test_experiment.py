@@ -62,6 +62,10 @@ def test_every_row_and_figure_is_written(tiny_experiment):
         assert (out / name).is_file(), name
     report = (out / "experiment.md").read_text()
     assert all(r["method"] in report for r in rows)
+    # the tiny grid's runs draw no figures of their own (eval.figures = False), and say so
+    run_eval = workdir / "runs" / "mixed" / "fold0" / "eval"
+    assert not list(run_eval.glob("*.png"))
+    assert "Figures were not drawn" in (run_eval / "report.md").read_text()
 
 
 def test_table3_is_the_mean_over_each_methods_per_volume_files(tiny_experiment):
