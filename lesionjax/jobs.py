@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from concurrent.futures import process as _process  # noqa: F401 - futures.process
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from lesionjax.core.errors import ConfigError, UserError
@@ -156,7 +156,7 @@ def run_jobs(
                 job, t0 = running.pop(future)
                 try:
                     result = future.result()
-                except futures.process.BrokenProcessPool:
+                except BrokenProcessPool:
                     errors.append(UserError(
                         f"{job.name}: its worker process died (out of memory? run with fewer "
                         "workers); running the command again resumes"))  # fmt: skip
