@@ -5,11 +5,9 @@ resumed, and the INSTANCE config without its data."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -130,21 +128,20 @@ def _command(workdir, *extra):
 def test_a_tiny_cascade_killed_in_stage_2_resumes_and_completes(child_env, tmp_path):
     workdir = tmp_path / "cascade"
     env = child_env(1)
-    proc = subprocess.Popen(
-        _command(workdir, "--config.train.epochs=2"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     first_checkpoint = workdir / "stage2_fullres" / "fold_0" / "checkpoints" / "3"
-    deadline = time.time() + 600
-    while not first_checkpoint.is_dir():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "no stage-2 checkpoint within 10 minutes"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    command = _command(workdir, "--config.train.epochs=2")
+    assert command[1:3] == ["-m", "lesionjax.main"]
+    # SIGKILL right after stage 2's first checkpoint is committed (at this moment, not whenever
+    # a poll from here would notice it: on a fast machine the whole run can finish first).
+    out = subprocess.run(
+        [command[0], str(REPO / "tests" / "kill_at_checkpoint.py"), *command[3:]],
+        env={**env, "LESIONJAX_TEST_KILL": "after:stage2_fullres/fold_0/checkpoints/3"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == -signal.SIGKILL, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "killed after committing" in out.stdout
     stage1 = workdir / "stage1_lowres"
     before = {p: p.read_bytes() for p in stage1.glob("fold_*/metrics.jsonl")}
     assert len(before) == 2

@@ -14,6 +14,8 @@ from lesionjax.data import sampling
 from lesionjax.data.shards import ShardSet
 
 REPO = Path(__file__).resolve().parents[3]
+# Runs the main job and SIGKILLs it at a chosen checkpoint commit (see its docstring).
+KILL_AT_CHECKPOINT = REPO / "tests" / "kill_at_checkpoint.py"
 
 
 def tiny_config(shards_dir: Path, **overrides):
@@ -187,31 +189,6 @@ def test_sigterm_saves_the_step_in_flight_exits_75_and_resumes_there(
     _assert_same_run(uninterrupted_run, run, checkpoint_params)
 
 
-# Kills the process (SIGKILL: nothing runs after it) when Orbax commits its second checkpoint,
-# after every file of it is written and before the rename that makes it a checkpoint.
-KILL_AT_SECOND_COMMIT = """
-import os, signal, sys
-from orbax.checkpoint._src.path import async_path
-
-real_rename = async_path.rename
-committed = []
-
-async def rename(src, dst):
-    if dst.name.isdigit():
-        committed.append(dst.name)
-        if len(committed) == 2:
-            print(f"killed while committing step {dst.name}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-    return await real_rename(src, dst)
-
-if __name__ == "__main__":  # (not in the shard builder's spawned workers)
-    async_path.rename = rename
-    sys.argv = ["lesionjax.main", *sys.argv[1:]]
-    from lesionjax.main import cli
-    cli()
-"""
-
-
 @pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(
     tiny_main_command, child_env, checkpoint_params, uninterrupted_run, tmp_path
@@ -221,13 +198,14 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(
     data order and ends as the uninterrupted run (this is also the plain kill-and-resume test:
     a kill at any other moment after a checkpoint leaves no more than this one)."""
     env = child_env(2)
-    script = tmp_path / "kill_at_commit.py"
-    script.write_text(KILL_AT_SECOND_COMMIT)
     run = tmp_path / "run"
     command = _epochs(tiny_main_command, run)
     assert command[1:3] == ["-m", "lesionjax.main"]
     out = subprocess.run(
-        [command[0], str(script), *command[3:]], env=env, capture_output=True, text=True
+        [command[0], str(KILL_AT_CHECKPOINT), *command[3:]],
+        env={**env, "LESIONJAX_TEST_KILL": "before:2"},
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == -signal.SIGKILL, out.stdout[-2000:] + out.stderr[-2000:]
     killed = out.stdout.split("killed while committing step ")[1].split()[0]
