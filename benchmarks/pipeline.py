@@ -62,7 +62,7 @@ def bench_2d(args, raw: Path, out: Path) -> None:
     import numpy as np
 
     from benchmarks.train_step import conv_flops as conv_flops_2d
-    from data_prep.build_shards import build_dataset
+    from data_prep.shard_writer import build_dataset
     from lesionjax.data.pipeline import make_train_dataset
     from lesionjax.data.shards import ShardSet
 
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     import numpy as np
 
     from benchmarks.train_step3d import conv_flops
-    from data_prep.build_shards import build_3d, stage_dir
+    from data_prep.build3d import build_3d, stage_dir
     from data_prep.synthetic.phantom_layouts import write_layout
     from lesionjax.data import augment3d
     from lesionjax.data.patches import PatchSampler, make_patch_dataset

@@ -25,7 +25,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from data_prep.build_shards import build_cases
+from data_prep.shard_writer import build_cases
 from data_prep.layouts.pairs import read_pairs_layout
 src, out, windows = sys.argv[1], sys.argv[2], sys.argv[5]
 workers, n = int(sys.argv[3]), int(sys.argv[4])

@@ -55,9 +55,9 @@ def tiny_phantom(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def build():
     """``fn(cases, out, dataset="pairs", *, n_folds=5, reader_problems=(), ..., **options) ->
-    (manifest, skipped)``: ``build_shards.build_cases`` with the plan options (windows, size,
+    (manifest, skipped)``: ``shard_writer.build_cases`` with the plan options (windows, size,
     spacing, ...) as keywords, one worker and no progress bar."""
-    from data_prep.build_shards import build_cases
+    from data_prep.shard_writer import build_cases
 
     def run(cases, out, dataset="pairs", *, n_folds=5, reader_problems=(), workers=1, **options):
         return build_cases(

@@ -83,9 +83,10 @@ def build_config_shards(config, workdir: Path, *, progress: bool = True) -> Shar
 def build_config_data(config, workdir: Path, *, progress: bool = True) -> None:
     """The phantom set if asked for, then the shards of the config's ``data.layout`` in
     ``shards_dir``: the 2D shard set, or (``"3d"``) the 3D plan and one shard set per cascade
-    stage (``data_prep.build_shards.build_3d``). Runs on one process."""
-    from data_prep.build_shards import SKIPPED, build_3d, build_dataset
+    stage (``data_prep.build3d.build_3d``). Runs on one process."""
+    from data_prep.build3d import build_3d
     from data_prep.plan import plan_options
+    from data_prep.shard_writer import SKIPPED, build_dataset
 
     d = config.data
     src = raw_source(config, workdir, progress=progress)

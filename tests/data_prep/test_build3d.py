@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep import build_shards
-from data_prep.build_shards import build_3d, stage_dir
+from data_prep.build3d import build_3d, stage_dir
 from data_prep.resample import target_shape
 from data_prep.synthetic.phantom_layouts import write_layout
 from lesionjax.core import records

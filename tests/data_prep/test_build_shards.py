@@ -8,6 +8,7 @@ import pytest
 
 from data_prep import build_shards as bs
 from data_prep.layouts.pairs import read_pairs_layout
+from data_prep.shard_writer import assign_folds
 from lesionjax.core.windows import window_to_uint8
 from lesionjax.data.shards import ShardSet
 
@@ -43,7 +44,7 @@ def test_slices_hold_windowed_image_and_mask(tiny_phantom, tiny_shards):
 
 def test_folds_are_stratified_by_lesion_presence():
     entries = [{"case_id": f"c{i}", "lesion_voxels": int(i < 6)} for i in range(10)]
-    folds = bs.assign_folds(entries, 2, seed=0)
+    folds = assign_folds(entries, 2, seed=0)
     for fold in (0, 1):
         members = [e for e in entries if folds[e["case_id"]] == fold]
         assert sum(e["lesion_voxels"] > 0 for e in members) == 3

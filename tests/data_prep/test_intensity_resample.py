@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from data_prep import intensity, resample
-from data_prep.build_shards import plan_for_cases
 from data_prep.layouts import CaseFiles
 from data_prep.plan import PreprocessingPlan
 from data_prep.preprocess import select_axial_slices
+from data_prep.shard_writer import plan_for_cases
 from data_prep.volumes import CaseError
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from data_prep.build_shards import build_shards
 from data_prep.layouts.base import CaseFiles
 from data_prep.plan import PreprocessingPlan
 from data_prep.preprocess import preprocess_case
+from data_prep.shard_writer import build_shards
 from lesionjax.data.shards import ShardSet
 
 
@@ -54,7 +54,7 @@ def test_manifest_counts_and_folds_come_from_the_stored_masks(tmp_path):
     for the counts and the fold stratification those four are lesion-free, so each of the two
     folds gets one of the lesion volumes (stratifying on the source masks, six "lesion volumes",
     puts both in fold 1 with this fold seed: checked below)."""
-    from data_prep.build_shards import assign_folds
+    from data_prep.shard_writer import assign_folds
 
     tiny = np.zeros((64, 64, 4), np.uint8)
     tiny[40, 40, 2] = 1

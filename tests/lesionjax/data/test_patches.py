@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.build_shards import build_3d, stage_dir
+from data_prep.build3d import build_3d, stage_dir
 from data_prep.synthetic.phantom_layouts import write_layout
 from lesionjax.data.patches import PatchSampler, make_patch_dataset, read_patch, start_bounds
 from lesionjax.data.shards import ShardSet
