@@ -109,7 +109,7 @@ CASES = {
 
 
 def run_case(case: str, work: Path, n_scans: int) -> dict:
-    from lesionjax import predict
+    from lesionjax import predict, predict_inputs
 
     spec, dataset, modality = CASES[case]
     run = make_run(work / f"run_{case}", spec, dataset, modality)
@@ -119,7 +119,7 @@ def run_case(case: str, work: Path, n_scans: int) -> dict:
     for k in range(1, n_scans):
         shutil.copy(first, inputs / f"scan_{k:02d}.nii.gz")
     models, groups = predict.model_groups([str(run)])
-    scans, _ = predict.find_scans(inputs, modality)
+    scans, _ = predict_inputs.find_scans(inputs, modality)
     threshold = 0.5
     kw = dict(threshold=threshold, progress=False, overlay=True)
     predict.predict_scans(scans[:1], groups, work / f"warm_{case}", **kw)  # compile

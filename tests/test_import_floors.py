@@ -24,6 +24,7 @@ TOP_FLOOR = (
     "lesionjax.main",
     "lesionjax.evaluate",
     "lesionjax.predict",
+    "lesionjax.predict_inputs",
     "lesionjax.export",
     "lesionjax.prep",
     "lesionjax.experiment",
