@@ -77,6 +77,13 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> Run:
     from lesionjax.data.shards import ShardSet, shards_dir
 
     config = check_run(Path(workdir))  # config and checkpoints before the shards
+    if config.task == "cascade3d":  # one stage's fold: its shards and priors are the cascade's
+        cascade = Path(workdir).resolve().parent.parent
+        raise EvaluationError(
+            f"{Path(workdir)}: one fold of a 3D cascade stage; re-evaluation takes 2D runs "
+            f"only (the main job evaluates every fold and ensemble into {cascade}/cascade.md; "
+            f"lesionjax-predict --model {cascade} runs the whole cascade)"
+        )
     shards = ShardSet.load(shards_dir(config, Path(workdir)))
     model = load_model(workdir, step=step, channels=shards.n_channels)
     return Run(

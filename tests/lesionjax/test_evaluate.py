@@ -215,6 +215,30 @@ def test_workdir_errors_are_one_line(tmp_path, capsys):
     assert_one_line_error(rc, err, "not a lesionjax run config")
 
 
+def test_3d_cascade_folders_are_refused_with_the_way_out(tmp_path, capsys):
+    """A whole cascade and one fold of a stage: each a one-line error naming what does run
+    them (the main job's table, lesionjax-predict), not a search for shards in the fold."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_demo3d", Path(__file__).resolve().parents[2] / "configs" / "demo3d.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny").to_json_best_effort()
+    cascade = tmp_path / "cascade"
+    fold = cascade / "stage2_fullres" / "fold_0"
+    (fold / "checkpoints" / "3").mkdir(parents=True)
+    (fold / "config.json").write_text(config)
+    (cascade / "config.json").write_text(config)
+    (cascade / "cascade.json").write_text('{"rows": []}')
+    rc, _, err = run_main(["--workdir", fold], capsys)
+    assert_one_line_error(rc, err, "one fold of a 3D cascade stage")
+    assert f"lesionjax-predict --model {cascade}" in err and "cascade.md" in err
+    rc, _, err = run_main(["--workdir", cascade], capsys)
+    assert_one_line_error(rc, err, "a whole 3D cascade")
+
+
 # ------------------------------------------------------------------------------ features
 
 
