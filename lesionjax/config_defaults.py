@@ -176,6 +176,8 @@ def cascade3d_config() -> ml_collections.ConfigDict:
     c.cascade.run_folds = ()
     # Epochs per stage, in the order of cascade.stages; (): train.epochs for every stage.
     c.cascade.stage_epochs = ()
+    # Patch foreground fraction per stage, in the order of cascade.stages; (): data.fg_fraction.
+    c.cascade.stage_fg_fraction = ()
     c.cascade.ensemble_size = 3  # the best folds by out-of-fold Dice, averaged
     c.cascade.evaluate_folds_on_test = True  # each fold model on the test set too (Table 1)
     # Workdirs of other finished cascades whose test rows join this run's table (e.g. the

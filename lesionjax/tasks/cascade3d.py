@@ -47,18 +47,27 @@ TABLE_KEYS = ("dice", "hd", "rvd", "nsd")
 
 def stage_config(config, stage_plan: dict, n_devices: int, index: int = 0):
     """``config`` with what it leaves empty taken from the stage's plan: patch, features,
-    pools, batch size (rounded up to the devices), axial-only rotation; and the epochs of stage
-    ``index`` (0-based, in ``cascade.stages``) when ``cascade.stage_epochs`` gives them."""
+    pools, batch size (rounded up to the devices), axial-only rotation; and the epochs and
+    foreground fraction of stage ``index`` (0-based, in ``cascade.stages``) when
+    ``cascade.stage_epochs`` / ``cascade.stage_fg_fraction`` give them."""
     c = config.copy_and_resolve_references()
+    stages = tuple(c.cascade.stages)
     stage_epochs = tuple(c.cascade.get("stage_epochs", ()))
     if stage_epochs:
-        stages = tuple(c.cascade.stages)
         if len(stage_epochs) != len(stages) or min(stage_epochs) < 1:
             raise ConfigError(
                 f"cascade.stage_epochs={stage_epochs}: one positive number of epochs per stage "
                 f"of cascade.stages={stages} (or () for train.epochs in every stage)"
             )
         c.train.epochs = int(stage_epochs[index])
+    stage_fg = tuple(c.cascade.get("stage_fg_fraction", ()))
+    if stage_fg:
+        if len(stage_fg) != len(stages) or not all(0.0 <= f <= 1.0 for f in stage_fg):
+            raise ConfigError(
+                f"cascade.stage_fg_fraction={stage_fg}: one fraction in [0, 1] per stage of "
+                f"cascade.stages={stages} (or () for data.fg_fraction in every stage)"
+            )
+        c.data.fg_fraction = float(stage_fg[index])
     if not tuple(c.data.patch):
         c.data.patch = tuple(stage_plan["patch"])
     if not tuple(c.model.features):

@@ -79,6 +79,23 @@ def test_stage_epochs_give_each_stage_its_own_number_of_epochs():
         stage_config(config, stage, 1, index=0)
 
 
+def test_stage_fg_fraction_gives_each_stage_its_own_foreground_fraction():
+    config = _load("instance2022_cascade.py")
+    stage = {"patch": [64, 64, 32], "features": [32, 64], "pools": [[2, 2, 2]],
+             "batch_size": 2, "rotate_axial_only": False}  # fmt: skip
+    default = config.data.fg_fraction
+    assert [stage_config(config, stage, 1, index=i).data.fg_fraction for i in (0, 1)] == [
+        default,
+        default,
+    ]
+    config.cascade.stage_fg_fraction = (0.25, 1.0)
+    assert [stage_config(config, stage, 1, index=i).data.fg_fraction for i in (0, 1)] == [0.25, 1.0]
+    for bad in ((1.0,), (0.5, 1.5)):
+        config.cascade.stage_fg_fraction = bad
+        with pytest.raises(ConfigError, match=r"cascade.stage_fg_fraction=.*one fraction in"):
+            stage_config(config, stage, 1, index=0)
+
+
 def test_the_table_has_the_papers_rows():
     row = {"dice": 0.7, "hd": 20.0, "rvd": 0.2, "nsd": 0.5, "n": 3}
     rows = [
