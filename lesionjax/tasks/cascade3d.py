@@ -51,23 +51,18 @@ def stage_config(config, stage_plan: dict, n_devices: int, index: int = 0):
     foreground fraction of stage ``index`` (0-based, in ``cascade.stages``) when
     ``cascade.stage_epochs`` / ``cascade.stage_fg_fraction`` give them."""
     c = config.copy_and_resolve_references()
-    stages = tuple(c.cascade.stages)
-    stage_epochs = tuple(c.cascade.get("stage_epochs", ()))
-    if stage_epochs:
-        if len(stage_epochs) != len(stages) or min(stage_epochs) < 1:
-            raise ConfigError(
-                f"cascade.stage_epochs={stage_epochs}: one positive number of epochs per stage "
-                f"of cascade.stages={stages} (or () for train.epochs in every stage)"
-            )
-        c.train.epochs = int(stage_epochs[index])
-    stage_fg = tuple(c.cascade.get("stage_fg_fraction", ()))
-    if stage_fg:
-        if len(stage_fg) != len(stages) or not all(0.0 <= f <= 1.0 for f in stage_fg):
-            raise ConfigError(
-                f"cascade.stage_fg_fraction={stage_fg}: one fraction in [0, 1] per stage of "
-                f"cascade.stages={stages} (or () for data.fg_fraction in every stage)"
-            )
-        c.data.fg_fraction = float(stage_fg[index])
+    epochs = _stage_value(
+        c, "stage_epochs", index, lambda v: v >= 1,
+        what="one positive number of epochs", default="train.epochs",
+    )  # fmt: skip
+    if epochs is not None:
+        c.train.epochs = int(epochs)
+    fg = _stage_value(
+        c, "stage_fg_fraction", index, lambda v: 0.0 <= v <= 1.0,
+        what="one fraction in [0, 1]", default="data.fg_fraction",
+    )  # fmt: skip
+    if fg is not None:
+        c.data.fg_fraction = float(fg)
     if not tuple(c.data.patch):
         c.data.patch = tuple(stage_plan["patch"])
     if not tuple(c.model.features):
@@ -90,6 +85,21 @@ def stage_config(config, stage_plan: dict, n_devices: int, index: int = 0):
     if c.augment3d.axial_only < 0:
         c.augment3d.axial_only = int(bool(stage_plan["rotate_axial_only"]))
     return c
+
+
+def _stage_value(c, key: str, index: int, valid, *, what: str, default: str):
+    """``cascade.<key>``'s value for stage ``index``, or None when it is () (``default`` then
+    applies to every stage); ConfigError unless it holds one valid value per stage."""
+    values = tuple(c.cascade.get(key, ()))
+    if not values:
+        return None
+    stages = tuple(c.cascade.stages)
+    if len(values) != len(stages) or not all(valid(v) for v in values):
+        raise ConfigError(
+            f"cascade.{key}={values}: {what} per stage of cascade.stages={stages} (or () for "
+            f"{default} in every stage)"
+        )
+    return values[index]
 
 
 def fold_split(shards, fold: int, cv_folds, test_fold: int) -> dict[str, list[str]]:
