@@ -218,14 +218,12 @@ def test_workdir_errors_are_one_line(tmp_path, capsys):
 def test_3d_cascade_folders_are_refused_with_the_way_out(tmp_path, capsys):
     """A whole cascade and one fold of a stage: each a one-line error naming what does run
     them (the main job's table, lesionjax-predict), not a search for shards in the fold."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_demo3d", Path(__file__).resolve().parents[2] / "configs" / "demo3d.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny").to_json_best_effort()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "configs"))
+    try:
+        import demo3d
+    finally:
+        sys.path.pop(0)
+    config = demo3d.get_config("tiny").to_json_best_effort()
     cascade = tmp_path / "cascade"
     fold = cascade / "stage2_fullres" / "fold_0"
     (fold / "checkpoints" / "3").mkdir(parents=True)

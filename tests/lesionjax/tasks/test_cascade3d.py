@@ -152,7 +152,7 @@ def test_a_tiny_cascade_killed_in_stage_2_resumes_and_completes(child_env, tmp_p
     # a poll from here would notice it: on a fast machine the whole run can finish first).
     out = subprocess.run(
         [command[0], str(REPO / "tests" / "kill_at_checkpoint.py"), *command[3:]],
-        env={**env, "LESIONJAX_TEST_KILL": "after:stage2_fullres/fold_0/checkpoints/3"},
+        env={**env, "LESIONJAX_TEST_KILL": f"after:{first_checkpoint.relative_to(workdir)}"},
         capture_output=True,
         text=True,
         timeout=900,
