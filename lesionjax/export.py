@@ -113,7 +113,7 @@ def write_predictor_file(
 ) -> Path:
     """Restores every run and writes them as one ``.ljx`` predictor file (atomically)."""
     from lesionjax.core.atomic import atomic_path
-    from lesionjax.eval.runs import load_model
+    from lesionjax.eval.runs import check_run, load_model
 
     out = Path(out)
     if out.suffix != SUFFIX:
@@ -121,12 +121,13 @@ def write_predictor_file(
     members = []
     blobs: dict[str, bytes] = {}
     for k, run_dir in enumerate(run_dirs):
-        model = load_model(run_dir)
-        if model.config.data.get("layout", "2d") != "2d":
+        # The saved config says whether the run is 3D: refuse before restoring any weights.
+        if check_run(Path(run_dir)).data.get("layout", "2d") != "2d":
             raise ExportError(
                 f"{run_dir}: a 3D model; predictor files hold 2D slice models only for now "
                 "(predict from the run folder: lesionjax-predict --model RUN)"
             )
+        model = load_model(run_dir)
         serialized, weights, entry = export_member(model, platforms)
         buffer = io.BytesIO()
         np.savez(buffer, *weights)

@@ -130,3 +130,17 @@ def test_a_file_exported_for_other_platforms_is_refused_at_load(exported, tmp_pa
             dst.writestr(item, data)
     with pytest.raises(export.ExportError, match="exported for tpu, this machine runs cpu"):
         export.load_predictor_file(other)
+
+
+@pytest.mark.slow
+def test_a_3d_run_is_refused_from_its_config_before_any_weights_are_read(tiny_run, tmp_path):
+    # A 3D fold run whose only checkpoint is an empty folder: restoring it would fail with
+    # Orbax's error, so the refusal must come from the saved config alone.
+    run = tmp_path / "fold_0"
+    (run / "checkpoints" / "5").mkdir(parents=True)
+    config = json.loads((tiny_run / "config.json").read_text())
+    config["task"], config["data"]["layout"] = "cascade3d", "3d"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(export.ExportError, match="a 3D model; predictor files hold 2D"):
+        export.write_predictor_file([run], tmp_path / "model.ljx")
+    assert not (tmp_path / "model.ljx").exists()
