@@ -11,7 +11,7 @@ a sum, both the input and the kernel gradient) of:
 - ``im2col``: full im2col (K = 27 C_in), one dot;
 
 each jitted with ``train_compiler_options()`` (convolutions on Eigen) and with XLA's defaults
-(YNNPACK), plus a 2048^3 float32 GEMM in both frameworks (the matmul peak) and torch's
+(YNNPACK), plus a 2048^3 float32 GEMM in both frameworks (``train_step3d.gemm_gflops``) and torch's
 ``nn.Conv3d`` (``bench`` extra). Median of ``--repeats`` calls after one warm-up, in ms and
 GFLOP/s (2 per multiply-add; forward + backward counted as 3 x forward). Every form's forward is
 checked against ``native`` (max abs error printed).
@@ -105,22 +105,13 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from train_step3d import gemm_gflops  # this folder, on sys.path when run as a script
 
     from lesionjax.train.step import train_compiler_options
 
     options = {"eigen": train_compiler_options(), "default": {}}
-    a = jnp.ones((2048, 2048), jnp.float32)
-    gemm = jax.jit(lambda a: a @ a)
-    t = timed(gemm, args.repeats, a)
-    print(f"GEMM 2048^3: XLA {2 * 2048**3 / t / 1e9:.0f} GFLOP/s", end="")
-    if not args.no_torch:
-        import torch
-
-        torch.set_num_threads(os.cpu_count())
-        ta = torch.ones(2048, 2048)
-        t = timed(torch.matmul, args.repeats, ta, ta)
-        print(f", torch {2 * 2048**3 / t / 1e9:.0f} GFLOP/s", end="")
-    print()
+    gemm = gemm_gflops(os.cpu_count(), ("jax",) if args.no_torch else ("jax", "torch"))
+    print("GEMM 2048^3: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
     forms = jax_forms()
     for spec in args.shapes.split(","):
         b, nx, ny, nz, ci, co = (int(v) for v in spec.split("x"))
