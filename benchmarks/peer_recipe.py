@@ -2,6 +2,7 @@
 
     python benchmarks/peer_recipe.py --dataset NAME [--folds 0,1,2] [--epochs N]
         [--recipes lesionjax,monai_bn,monai_default] [--out DIR] [--set key=value ...]
+        [--seeds 0,1,2]
 
 For each fold of the row ``NAME`` (``ROWS``): the shards are built once by lesionjax from the
 row's config (so preprocessing is identical), then every recipe trains on the same training
@@ -22,6 +23,13 @@ any recipe (``data.val_fold = -1``): each is evaluated after its last epoch. Pri
 each MONAI recipe over the volumes (``lesionjax.eval.stats``), and as the last line
 ``ratio_dice=<lesionjax mean / best MONAI mean>``. Results are written to
 ``<out>/<NAME>/results.json``. Needs the ``bench`` extra (torch, MONAI).
+
+``--seeds`` repeats the whole row once per training seed (``config.seed``: initialisation, slice
+sampling, augmentation and batch order of every recipe; the folds stay fixed), each into
+``<out>/seed<S>/<NAME>/``, and ends with a summary over seeds: each recipe's mean Dice per seed,
+their mean and standard deviation, Welch p-values of lesionjax against each MONAI recipe over the
+per-seed means (the noise estimate for rows with one held-out volume, where volumes give none),
+and ``ratio_dice`` of the seed-averaged means.
 """
 
 from __future__ import annotations
@@ -463,6 +471,49 @@ def report(results: dict, recipes) -> str:
     return "\n".join(lines)
 
 
+def lesion_mean(results: dict, recipe: str) -> float:
+    """Mean Dice over the held-out lesion volumes of every fold of one run."""
+    dice = [
+        v["dice"]
+        for per_fold in results["folds"].values()
+        for v in per_fold[recipe]
+        if v["gt_voxels"] > 0
+    ]
+    return float(np.mean(dice))
+
+
+def seed_report(per_seed: dict, recipes) -> str:
+    """The summary over seeds: per-seed means, their mean and sd, Welch over the per-seed means."""
+    from lesionjax.eval.stats import welch_tests
+
+    seeds = sorted(per_seed)
+    name = per_seed[seeds[0]]["dataset"]
+    means = {r: [lesion_mean(per_seed[s], r) for s in seeds] for r in recipes}
+    header = f"{'seed':<40}" + "".join(f"{r:>16}" for r in recipes)
+    lines = [f"{name}: {len(seeds)} seeds", header, "-" * len(header)]
+    for i, seed in enumerate(seeds):
+        lines.append(f"{seed:<40}" + "".join(f"{means[r][i]:>16.3f}" for r in recipes))
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'mean over seeds':<40}" + "".join(f"{np.mean(means[r]):>16.3f}" for r in recipes)
+    )
+    lines.append(
+        f"{'sd over seeds':<40}"
+        + "".join(
+            f"{np.std(means[r], ddof=1) if len(seeds) > 1 else math.nan:>16.3f}" for r in recipes
+        )
+    )
+    if "lesionjax" in recipes:
+        samples = {r: [{"dice": m} for m in means[r]] for r in recipes}
+        for row in welch_tests(samples, ["dice"]):
+            if "lesionjax" in (row["a"], row["b"]):
+                lines.append(f"Welch over seeds {row['a']} vs {row['b']}: p = {row['p']:.3g}")
+        peers = [float(np.mean(means[r])) for r in recipes if r != "lesionjax"]
+        if peers:
+            lines.append(f"ratio_dice={np.mean(means['lesionjax']) / max(peers):.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(ROWS))
@@ -471,6 +522,9 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "peer_recipe")
     parser.add_argument("--set", action="append", default=[], help="config key=value")
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated training seeds: repeat the row per seed"
+    )
     args = parser.parse_args(argv)
     recipes = tuple(r for r in args.recipes.split(",") if r)
     unknown = set(recipes) - set(RECIPES)
@@ -484,8 +538,18 @@ def main(argv=None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         extra[key] = _parse_value(value)
-    results = run_row(args.dataset, folds, recipes, args.out, extra, args.epochs)
-    print(report(results, recipes))
+    if args.seeds is None:
+        results = run_row(args.dataset, folds, recipes, args.out, extra, args.epochs)
+        print(report(results, recipes))
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    per_seed = {}
+    for seed in seeds:
+        out = args.out / f"seed{seed}"
+        results = run_row(args.dataset, folds, recipes, out, {**extra, "seed": seed}, args.epochs)
+        print(report(results, recipes), flush=True)
+        per_seed[seed] = results
+    print(seed_report(per_seed, recipes))
     return 0
 
 
