@@ -87,6 +87,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # "maxpool" | "strided". The defaults are the papers' architecture.
     c.model.norm = "batch"
     c.model.activation = "relu"
+    c.model.leaky_slope = 0.01  # "leaky_relu"'s negative slope (nnU-Net's; MONAI's BasicUNet: 0.1)
     c.model.downsample = "maxpool"
     c.model.deep_supervision = False  # unet2d: nnU-Net's auxiliary losses at 1/2, 1/4, ...
     c.model.output_prior = 0.0  # > 0: output bias starts at log(p / (1 - p)) (0: zero bias)

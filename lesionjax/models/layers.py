@@ -208,7 +208,7 @@ class Conv3x3x3(nnx.Module):
 NORMS = ("batch", "instance")
 DOWNSAMPLING = ("maxpool", "strided")
 ACTIVATIONS = ("relu", "leaky_relu")
-LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU
+LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU (the default; MONAI's BasicUNet uses 0.1)
 # InstanceNorm epsilon: 1e-3 as BN_EPSILON, not PyTorch's 1e-5. A slice that is all air is a
 # constant map, where InstanceNorm multiplies gradients by 1 / sqrt(eps): 316 per layer at 1e-5,
 # which through LeakyReLU (slope 0.01) overflowed float32 within the first step on the demo;
@@ -216,11 +216,12 @@ LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU
 IN_EPSILON = 1e-3
 
 
-def activation(name: str, x: jax.Array) -> jax.Array:
+def activation(name: str, x: jax.Array, slope: float = LEAKY_SLOPE) -> jax.Array:
+    """slope: the negative-side slope of "leaky_relu"."""
     if name == "relu":
         return jax.nn.relu(x)
     if name == "leaky_relu":
-        return jax.nn.leaky_relu(x, LEAKY_SLOPE)
+        return jax.nn.leaky_relu(x, slope)
     raise ValueError(f"activation {name!r}: expected one of {ACTIVATIONS}")
 
 
@@ -234,7 +235,7 @@ class ConvNormAct(nnx.Module):
     ReLU it runs the fused ``batch_norm_relu``) or "instance" (InstanceNorm: each sample and
     channel normalized over H and W, the same in training and eval, no running statistics).
     The conv has no bias either way: the norm's mean subtraction cancels it.
-    act: "relu" or "leaky_relu" (slope ``LEAKY_SLOPE``).
+    act: "relu" or "leaky_relu" (negative slope ``slope``, default ``LEAKY_SLOPE``).
     """
 
     def __init__(
@@ -245,6 +246,7 @@ class ConvNormAct(nnx.Module):
         strides: int | Sequence[int] = 1,
         norm: str = "batch",
         act: str = "relu",
+        slope: float = LEAKY_SLOPE,
         ndim: int = 2,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
@@ -271,6 +273,7 @@ class ConvNormAct(nnx.Module):
                 rngs=rngs,
             )
         self.act = act
+        self.slope = float(slope)
         if norm == "batch":
             self.bn = batch_norm(out_features, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         else:
@@ -288,8 +291,8 @@ class ConvNormAct(nnx.Module):
         if hasattr(self, "bn"):
             if self.act == "relu":
                 return batch_norm_relu(self.bn, y, train=train)
-            return activation(self.act, self.bn(y, use_running_average=not train))
-        return activation(self.act, self.instance_norm(y))
+            return activation(self.act, self.bn(y, use_running_average=not train), self.slope)
+        return activation(self.act, self.instance_norm(y), self.slope)
 
 
 def batch_norm(features: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.BatchNorm:
@@ -306,7 +309,8 @@ def batch_norm(features: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Batc
 class DoubleConv(nnx.Module):
     """The baseline block: 2 x (conv3x3 + norm + activation), the first conv with ``strides``.
 
-    x: (B, H, W, C_in) -> (B, H/s, W/s, C_out). ``norm``/``act``/``ndim`` as ``ConvNormAct``.
+    x: (B, H, W, C_in) -> (B, H/s, W/s, C_out). ``norm``/``act``/``slope``/``ndim`` as
+    ``ConvNormAct``.
     """
 
     def __init__(
@@ -317,11 +321,12 @@ class DoubleConv(nnx.Module):
         strides: int | Sequence[int] = 1,
         norm: str = "batch",
         act: str = "relu",
+        slope: float = LEAKY_SLOPE,
         ndim: int = 2,
         rngs: nnx.Rngs,
         **dt,
     ):
-        kw = dict(norm=norm, act=act, ndim=ndim, rngs=rngs, **dt)
+        kw = dict(norm=norm, act=act, slope=slope, ndim=ndim, rngs=rngs, **dt)
         self.first = ConvNormAct(in_features, out_features, strides=strides, **kw)
         self.second = ConvNormAct(out_features, out_features, **kw)
 
@@ -356,13 +361,16 @@ class UNetDecoder(nnx.Module):
         *,
         norm: str = "batch",
         act: str = "relu",
+        slope: float = LEAKY_SLOPE,
         rngs: nnx.Rngs,
         **dt,
     ):
         ups, blocks = [], []
         for deep, shallow in zip(features[:0:-1], features[-2::-1], strict=True):
             ups.append(ConvTranspose2x2(deep, shallow, rngs=rngs, **dt))
-            blocks.append(DoubleConv(2 * shallow, shallow, norm=norm, act=act, rngs=rngs, **dt))
+            blocks.append(
+                DoubleConv(2 * shallow, shallow, norm=norm, act=act, slope=slope, rngs=rngs, **dt)
+            )
         self.ups = nnx.List(ups)
         self.blocks = nnx.List(blocks)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lesionjax.core.errors import ConfigError
-from lesionjax.models.layers import ACTIVATIONS, DOWNSAMPLING, NORMS
+from lesionjax.models.layers import ACTIVATIONS, DOWNSAMPLING, LEAKY_SLOPE, NORMS
 from lesionjax.models.resunet2d import ResUNet2D
 from lesionjax.models.unet2d import UNet2D
 from lesionjax.models.unet3d import UNet3D
@@ -32,9 +32,13 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "unet2d": ModelSpec(UNet2D, options=("norm", "activation", "downsample", "deep_supervision")),
+    "unet2d": ModelSpec(
+        UNet2D, options=("norm", "activation", "leaky_slope", "downsample", "deep_supervision")
+    ),
     "resunet2d": ModelSpec(ResUNet2D, options=("dropout",)),
-    "unet3d": ModelSpec(UNet3D, options=("norm", "activation", "deep_supervision", "pools")),
+    "unet3d": ModelSpec(
+        UNet3D, options=("norm", "activation", "leaky_slope", "deep_supervision", "pools")
+    ),
 }
 
 
@@ -43,6 +47,7 @@ MODELS: dict[str, ModelSpec] = {
 OPTIONS = {
     "norm": (NORMS, "batch"),
     "activation": (ACTIVATIONS, "relu"),
+    "leaky_slope": (None, LEAKY_SLOPE),  # "leaky_relu"'s negative slope
     "downsample": (DOWNSAMPLING, "maxpool"),
     "deep_supervision": ((False, True), False),
     "dropout": (None, 0.5),

@@ -16,6 +16,7 @@ from flax import nnx
 
 from lesionjax.models.layers import (
     DOWNSAMPLING,
+    LEAKY_SLOPE,
     DoubleConv,
     UNetDecoder,
     check_features,
@@ -33,7 +34,8 @@ class UNet2D(nnx.Module):
     Head: 1x1 conv to ``out_channels`` logits.
 
     Options (the papers' architecture is the default): ``norm`` "batch" | "instance",
-    ``activation`` "relu" | "leaky_relu" (``layers.ConvNormAct``), ``downsample`` "maxpool" |
+    ``activation`` "relu" | "leaky_relu" (``layers.ConvNormAct``; ``leaky_slope`` its negative
+    slope, nnU-Net's 0.01 by default, MONAI's BasicUNet 0.1), ``downsample`` "maxpool" |
     "strided" (the first conv of each deeper level has stride 2 instead of a max-pool before it,
     as nnU-Net does), ``deep_supervision``: 1x1 heads on the decoder levels at 1/2, 1/4, ...
     resolution (all but the full-resolution one and the deepest, as nnU-Net), whose logits the
@@ -54,6 +56,7 @@ class UNet2D(nnx.Module):
         norm: str = "batch",
         activation: str = "relu",
         downsample: str = "maxpool",
+        leaky_slope: float = LEAKY_SLOPE,
         deep_supervision: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -62,7 +65,7 @@ class UNet2D(nnx.Module):
         if downsample not in DOWNSAMPLING:
             raise ValueError(f"downsample {downsample!r}: expected one of {DOWNSAMPLING}")
         dt = dict(dtype=dtype, param_dtype=param_dtype)
-        block = dict(norm=norm, act=activation, **dt)
+        block = dict(norm=norm, act=activation, slope=leaky_slope, **dt)
         self.in_channels = in_channels
         self.features = features
         self.strided = downsample == "strided"

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lesionjax.models.layers import DoubleConv, check_features
+from lesionjax.models.layers import LEAKY_SLOPE, DoubleConv, check_features
 
 # nnU-Net caps the width of its 3D U-Nets at 320 features (GPU memory of the deepest levels).
 MAX_FEATURES_3D = 320
@@ -112,7 +112,8 @@ class UNet3D(nnx.Module):
     features: widths per level (default ``features_3d(6)`` = 32, 64, 128, 256, 320, 320).
     pools: per level below the first, the max-pool stride per axis (default 2, 2, 2 everywhere);
     the decoder's transposed convs use the same strides. norm "instance" (default) | "batch",
-    activation "leaky_relu" (default) | "relu". deep_supervision: 1x1x1 heads on the decoder
+    activation "leaky_relu" (default; negative slope ``leaky_slope``) | "relu".
+    deep_supervision: 1x1x1 heads on the decoder
     levels below full resolution except the deepest (as nnU-Net), whose logits the training loss
     also scores (``losses.deep_supervision_loss``); in training mode the model then returns
     ``(logits, [aux logits, finest first])``, in eval mode always the logits.
@@ -131,6 +132,7 @@ class UNet3D(nnx.Module):
         pools: Sequence[Sequence[int]] | None = None,
         norm: str = "instance",
         activation: str = "leaky_relu",
+        leaky_slope: float = LEAKY_SLOPE,
         deep_supervision: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -140,7 +142,7 @@ class UNet3D(nnx.Module):
         self.features = features
         self.pools = check_pools(pools, len(features))
         dt = dict(dtype=dtype, param_dtype=param_dtype)
-        block = dict(norm=norm, act=activation, ndim=3, **dt)
+        block = dict(norm=norm, act=activation, slope=leaky_slope, ndim=3, **dt)
         widths = (in_channels, *features)
         self.encoder = nnx.List(
             [

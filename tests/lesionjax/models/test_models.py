@@ -157,6 +157,20 @@ def test_model_from_config_passes_only_the_options_the_model_takes():
     assert {b.dropout.rate for b in res.encoder} == {0.25}
 
 
+def test_the_leaky_slope_of_a_config_reaches_every_conv_block():
+    from lesionjax.models.registry import model_from_config
+
+    m = _model_config(norm="instance", activation="leaky_relu", leaky_slope=0.1)
+    unet = nnx.eval_shape(lambda: model_from_config(m, 1, rngs=nnx.Rngs(0)))
+    blocks = [b for _, b in nnx.iter_graph(unet) if isinstance(b, layers.ConvNormAct)]
+    assert len(blocks) == 4 * len(SMALL) - 2  # 2 per encoder level, 2 per decoder level
+    assert {b.slope for b in blocks} == {0.1}
+    default = nnx.eval_shape(lambda: model_from_config(_model_config(), 1, rngs=nnx.Rngs(0)))
+    assert {b.slope for _, b in nnx.iter_graph(default) if isinstance(b, layers.ConvNormAct)} == {
+        0.01
+    }
+
+
 def test_output_prior_sets_the_head_bias():
     from lesionjax.models.registry import model_from_config
 
@@ -250,15 +264,17 @@ def test_instance_norm_matches_a_numpy_reference():
         np.testing.assert_allclose(np.asarray(block(x, train=train)), expected, atol=1e-5)
 
 
-def test_leaky_relu_keeps_a_slope_below_zero():
+@pytest.mark.parametrize("slope", [None, 0.1], ids=["default", "0.1"])
+def test_leaky_relu_keeps_a_slope_below_zero(slope):
+    kw = {} if slope is None else {"slope": slope}
     block = layers.ConvNormAct(
-        2, 3, norm="instance", act="leaky_relu", rngs=nnx.Rngs(params=_rbg(7))
+        2, 3, norm="instance", act="leaky_relu", rngs=nnx.Rngs(params=_rbg(7)), **kw
     )
     x = jax.random.normal(jax.random.key(8), (1, 6, 6, 2))
     y = np.asarray(block.conv(x), np.float64)
     var = y.var(axis=(1, 2), keepdims=True)
     z = (y - y.mean(axis=(1, 2), keepdims=True)) / np.sqrt(var + layers.IN_EPSILON)
-    expected = np.where(z > 0, z, layers.LEAKY_SLOPE * z)
+    expected = np.where(z > 0, z, (0.01 if slope is None else slope) * z)
     np.testing.assert_allclose(np.asarray(block(x, train=True)), expected, atol=1e-5)
 
 
@@ -267,6 +283,7 @@ def test_leaky_relu_keeps_a_slope_below_zero():
     [
         {"norm": "instance"},
         {"activation": "leaky_relu"},
+        {"activation": "leaky_relu", "leaky_slope": 0.1},
         {"downsample": "strided"},
         {"norm": "instance", "activation": "leaky_relu", "downsample": "strided"},
         {"deep_supervision": True},
@@ -316,6 +333,8 @@ def test_model_options_are_checked_against_the_model():
         check_model_config(_model_config(norm="group"))
     with pytest.raises(ValueError, match="model.norm='instance': resunet2d has no norm option"):
         check_model_config(_model_config(name="resunet2d", norm="instance"))
+    with pytest.raises(ValueError, match="model.leaky_slope=0.1: resunet2d has no leaky_slope"):
+        check_model_config(_model_config(name="resunet2d", leaky_slope=0.1))
 
 
 def test_deep_supervision_adds_heads_at_half_and_quarter_resolution():
