@@ -7,6 +7,8 @@ a sum, both the input and the kernel gradient) of:
 
 - ``native``: ``lax.conv_general_dilated`` in 3D;
 - ``stacked``: lesionjax's ``Conv3x3x3`` CPU form (three x-shifted copies on channels, one 2D conv);
+- ``out_stacked``: one 2D conv over (y, z) from C_in to 3 x C_out (one output block per x tap,
+  K = 9 C_in instead of 27 C_in), then three x-shifted sums;
 - ``im2col_xy``: im2col over (x, y) (K = 9 C_in), one dot to 3 x C_out, three z-shifted sums;
 - ``im2col``: full im2col (K = 27 C_in), one dot;
 
@@ -73,6 +75,21 @@ def jax_forms():
         layer = types.SimpleNamespace(kernel=w, bias=None, dtype=jnp.float32)
         return Conv3x3x3.__call__(layer, x, impl="stacked")
 
+    def out_stacked(x, w):
+        b, nx, ny, nz, c = x.shape
+        o = w.shape[-1]
+        # (kx, ky, kz, C, O) -> (ky, kz, C, kx * O): output block k holds tap kx = k.
+        k2 = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(3, 3, c, 3 * o)
+        y = lax.conv_general_dilated(
+            x.reshape(b * nx, ny, nz, c),
+            k2,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ).reshape(b, nx, ny, nz, 3, o)
+        y = jnp.pad(y, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0), (0, 0)))
+        return y[:, 0:nx, ..., 0, :] + y[:, 1 : nx + 1, ..., 1, :] + y[:, 2 : nx + 2, ..., 2, :]
+
     def im2col_xy(x, w):
         b, nx, ny, nz, c = x.shape
         o = w.shape[-1]
@@ -97,7 +114,13 @@ def jax_forms():
         cols = jnp.concatenate(taps, -1)
         return (cols.reshape(-1, 27 * c) @ w.reshape(27 * c, -1)).reshape(b, nx, ny, nz, -1)
 
-    return {"native": native, "stacked": stacked, "im2col_xy": im2col_xy, "im2col": im2col}
+    return {
+        "native": native,
+        "stacked": stacked,
+        "out_stacked": out_stacked,
+        "im2col_xy": im2col_xy,
+        "im2col": im2col,
+    }
 
 
 def main(argv=None) -> int:
